@@ -1,0 +1,42 @@
+# Thin driver over CMake: `make run`, `make test` on a fresh Debian 12 machine.
+BUILD   ?= build
+JOBS    ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all build deps run test unit integration sanitize fuzz check clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS)
+
+build: $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Serve with the embedded defaults on 127.0.0.1:8080.
+run: deps
+	@$(MAKE) --no-print-directory build
+	$(BUILD)/keel serve
+
+# Every test: unit (cmocka), integration (real binary, real sockets), JSON conformance.
+test: deps
+	@$(MAKE) --no-print-directory build CMAKE_FLAGS="$(CMAKE_FLAGS)"
+	scripts/checksrc.sh
+	cd $(BUILD) && ctest --output-on-failure -j 2
+
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (clang).
+sanitize: deps
+	CC=clang $(MAKE) --no-print-directory test BUILD=build-asan CMAKE_FLAGS="-DKEEL_SANITIZE=ON -DKEEL_WERROR=ON -DCMAKE_BUILD_TYPE=Debug"
+
+# Bounded libFuzzer runs over the committed corpora (FUZZ_SECONDS each).
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	CC=clang cmake -S . -B build-fuzz -G Ninja -DKEEL_FUZZ=ON -DKEEL_SANITIZE=ON -DKEEL_WERROR=ON
+	cmake --build build-fuzz -j $(JOBS)
+	scripts/fuzz.sh build-fuzz/fuzz $(FUZZ_SECONDS)
+
+clean:
+	rm -rf build build-asan build-fuzz build-gcc

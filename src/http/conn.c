@@ -1,0 +1,800 @@
+/* conn.c - one HTTP/1.1 connection: read, parse, dispatch, respond (writev), time out, close. */
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "http/server_internal.h"
+#include "keel/json.h"
+
+#define KL_CONN_INBUF 4096         /* first input allocation, kept while the struct is pooled */
+#define KL_CONN_KEEP (64 * 1024)   /* buffers grown past this are freed when empty */
+#define KL_OUT_HIGH (256 * 1024)   /* stop parsing pipelined requests above this backlog */
+#define KL_READS_PER_EVENT 4       /* fairness: one busy client cannot starve the rest */
+#define KL_LINGER_MAX (64 * 1024)  /* bytes discarded before giving up on a lingering close */
+#define KL_LINGER_MS 2000
+#define KL_ACCEPTS_PER_EVENT 64
+#define KL_POOL_MAX 1024           /* connection structs kept for reuse per worker */
+
+#define CONN_OF(ptr, field) ((kl_conn *)(void *)((char *)(ptr)-offsetof(kl_conn, field)))
+
+static void conn_process(kl_conn *c);
+static void conn_compact(kl_conn *c);
+static int conn_flush(kl_conn *c);
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+static void list_remove(kl_conn **head, kl_conn *c) {
+  if (c->prev) c->prev->next = c->next;
+  else *head = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+}
+
+static void list_push(kl_conn **head, kl_conn *c) {
+  c->prev = NULL;
+  c->next = *head;
+  if (*head) (*head)->prev = c;
+  *head = c;
+}
+
+static void conn_close(kl_conn *c) {
+  if (c->closed) return;
+  kl_worker *w = c->w;
+  kl_io_stop(&w->loop, &c->io);
+  close(c->io.fd);
+  c->io.fd = -1;
+  kl_timer_cancel(&w->loop.timers, &c->timer);
+  c->closed = 1;
+  list_remove(&w->open, c);
+  list_push(&w->closed, c);
+  w->nconns--;
+  if (w->draining && w->nconns == 0) w->loop.stop = 1;
+}
+
+void kl_conn_recycle(kl_worker *w) {
+  while (w->closed) {
+    kl_conn *c = w->closed;
+    list_remove(&w->closed, c);
+    if (w->nfree >= KL_POOL_MAX) {
+      kl_buf_free(&c->in);
+      kl_buf_free(&c->out);
+      free(c);
+      continue;
+    }
+    c->in.len = c->out.len = 0;
+    kl_buf_shrink(&c->in, KL_CONN_KEEP);
+    kl_buf_shrink(&c->out, KL_CONN_KEEP);
+    list_push(&w->free, c);
+    w->nfree++;
+  }
+}
+
+void kl_conn_free_pool(kl_worker *w) {
+  kl_conn_recycle(w);
+  while (w->free) {
+    kl_conn *c = w->free;
+    list_remove(&w->free, c);
+    kl_buf_free(&c->in);
+    kl_buf_free(&c->out);
+    free(c);
+  }
+  w->nfree = 0;
+}
+
+/* Every deadline goes through here; the heap timer only moves when the deadline comes sooner. */
+static void conn_deadline(kl_conn *c, uint32_t ms) {
+  c->deadline = c->w->loop.now + ms;
+  if (!c->timer.slot || c->deadline < c->timer.deadline)
+    kl_timer_set(&c->w->loop.timers, &c->timer, c->deadline);
+}
+
+static void conn_want(kl_conn *c, uint32_t events) {
+  if (!c->closed && kl_io_modify(&c->w->loop, &c->io, events) < 0) conn_close(c);
+}
+
+/* Closes after the peer has had a chance to read our last response (no RST over unread input). */
+static void conn_linger(kl_conn *c) {
+  c->state = KL_CONN_LINGER;
+  c->lingered = 0;
+  shutdown(c->io.fd, SHUT_WR);
+  conn_deadline(c, KL_LINGER_MS);
+  conn_want(c, EPOLLIN | EPOLLRDHUP);
+}
+
+/* ---- responses ---------------------------------------------------------- */
+
+static const char *reason(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 204: return "No Content";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 304: return "Not Modified";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 411: return "Length Required";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 415: return "Unsupported Media Type";
+  case 417: return "Expectation Failed";
+  case 422: return "Unprocessable Content";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 505: return "HTTP Version Not Supported";
+  default: return "Unknown";
+  }
+}
+
+static char *put(char *p, const char *s, size_t n) {
+  memcpy(p, s, n);
+  return p + n;
+}
+#define PUTS(p, lit) put((p), (lit), sizeof(lit) - 1)
+
+static char *put_uint(char *p, uint64_t v) {
+  char tmp[20];
+  int n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (n) *p++ = tmp[--n];
+  return p;
+}
+
+/* Queues bytes [off, off+len) of `out`, merging with the previous segment when contiguous. */
+static void seg_push(kl_conn *c, size_t off, size_t len) {
+  if (len == 0) return;
+  if (c->nsegs > c->seg_first) {
+    uint32_t *plen = &c->segs[c->nsegs - 1].len;
+    if (c->segs[c->nsegs - 1].off + *plen == off) {
+      *plen += (uint32_t)len;
+      return;
+    }
+  }
+  c->segs[c->nsegs].off = (uint32_t)off;
+  c->segs[c->nsegs].len = (uint32_t)len;
+  c->nsegs++;
+}
+
+/* Will the connection stay open after this response? */
+static int conn_keeps(const kl_conn *c) {
+  return c->head.keep_alive && !c->closing && !c->w->draining;
+}
+
+/*
+ * Appends the status line and headers to `out` and queues them. `body_len` is
+ * the Content-Length; `keep` says whether the connection stays open.
+ */
+static int write_head(kl_conn *c, int status, const char *ctype, size_t body_len, int keep,
+                      const kl_buf *extra) {
+  size_t ctlen = ctype ? strlen(ctype) : 0;
+  size_t need = 128 + KL_DATE_LEN + ctlen + (extra ? extra->len : 0);
+  int rc = kl_buf_reserve(&c->out, need);
+  if (rc) return rc;
+  char *start = c->out.data + c->out.len, *p = start;
+  const char *r = reason(status);
+  p = PUTS(p, "HTTP/1.1 ");
+  p = put_uint(p, (uint64_t)status);
+  *p++ = ' ';
+  p = put(p, r, strlen(r));
+  p = PUTS(p, "\r\nDate: ");
+  p = put(p, c->w->loop.date, KL_DATE_LEN);
+  if (status != 204 && status >= 200) {
+    p = PUTS(p, "\r\nContent-Length: ");
+    p = put_uint(p, body_len);
+  }
+  if (ctype) {
+    p = PUTS(p, "\r\nContent-Type: ");
+    p = put(p, ctype, ctlen);
+  }
+  p = PUTS(p, "\r\n");
+  if (extra && extra->len) p = put(p, extra->data, extra->len);
+  if (!keep) p = PUTS(p, "Connection: close\r\n");
+  else if (c->head.minor == 0) p = PUTS(p, "Connection: keep-alive\r\n");
+  p = PUTS(p, "\r\n");
+  size_t n = (size_t)(p - start);
+  seg_push(c, c->out.len, n);
+  c->out.len += n;
+  return 0;
+}
+
+/* A JSON error answer outside any handler (parse errors, timeouts); the connection closes. */
+static void respond_error_close(kl_conn *c, int status, const char *msg, long offset) {
+  char body[256];
+  size_t n = 0;
+  body[n++] = '{';
+  n += (size_t)snprintf(body + n, sizeof(body) - n, "\"error\":");
+  n += keel_json_quote(msg, strlen(msg), body + n, sizeof(body) - n - 40);
+  if (offset >= 0) n += (size_t)snprintf(body + n, sizeof(body) - n, ",\"offset\":%ld", offset);
+  body[n++] = '}';
+  c->closing = 1;
+  c->head.minor = 1;
+  if (write_head(c, status, "application/json", n, 0, NULL) == 0 &&
+      kl_buf_reserve(&c->out, n) == 0) {
+    memcpy(c->out.data + c->out.len, body, n);
+    seg_push(c, c->out.len, n);
+    c->out.len += n;
+  }
+  conn_flush(c);
+}
+
+/* ---- output ------------------------------------------------------------- */
+
+/* Writes what is queued; 0 when all is out (or the conn closed), 1 when the socket is full. */
+static int conn_flush(kl_conn *c) {
+  while (c->seg_first < c->nsegs) {
+    struct iovec iov[64];
+    int n = 0;
+    for (uint32_t i = c->seg_first; i < c->nsegs && n < 64; i++, n++) {
+      iov[n].iov_base = c->out.data + c->segs[i].off;
+      iov[n].iov_len = c->segs[i].len;
+    }
+    ssize_t wr = writev(c->io.fd, iov, n);
+    if (wr < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        conn_deadline(c, c->w->srv->cfg.write_timeout_ms);
+        conn_want(c, EPOLLOUT | EPOLLRDHUP);
+        c->reading = 0;
+        return 1;
+      }
+      conn_close(c);
+      return 0;
+    }
+    size_t left = (size_t)wr;
+    while (left && c->seg_first < c->nsegs) {
+      uint32_t *len = &c->segs[c->seg_first].len;
+      if (left >= *len) {
+        left -= *len;
+        c->seg_first++;
+      } else {
+        c->segs[c->seg_first].off += (uint32_t)left;
+        *len -= (uint32_t)left;
+        left = 0;
+      }
+    }
+  }
+  c->nsegs = c->seg_first = 0;
+  c->out.len = 0;
+  int idle = c->state == KL_CONN_HEAD && c->in.len == c->in_start;
+  if ((c->closing || (c->w->draining && idle)) && c->state != KL_CONN_LINGER) {
+    conn_linger(c);
+    return 0;
+  }
+  if (!c->reading && !c->closed && c->state != KL_CONN_LINGER) {
+    c->reading = 1;
+    conn_want(c, EPOLLIN | EPOLLRDHUP);
+  }
+  return 0;
+}
+
+/* ---- the public request API -------------------------------------------- */
+
+keel_str keel_req_method(const keel_req *req) {
+  return (keel_str){req->base + req->conn->head.method_off, req->conn->head.method_len};
+}
+
+keel_str keel_req_path(const keel_req *req) {
+  const kl_http_head *h = &req->conn->head;
+  if (h->path_len == 0) return (keel_str){"/", 1};
+  return (keel_str){req->base + h->path_off, h->path_len};
+}
+
+keel_str keel_req_query(const keel_req *req) {
+  const kl_http_head *h = &req->conn->head;
+  return (keel_str){req->base + h->query_off, h->query_len};
+}
+
+keel_str keel_req_header(const keel_req *req, const char *name) {
+  const kl_conn *c = req->conn;
+  size_t n = strlen(name);
+  for (uint32_t i = 0; i < c->head.nheaders; i++) {
+    const kl_header *h = &c->w->hdrs[i];
+    if (h->name_len == n && strncasecmp(req->base + h->name_off, name, n) == 0)
+      return (keel_str){req->base + h->value_off, h->value_len};
+  }
+  return (keel_str){NULL, 0};
+}
+
+keel_str keel_req_body(const keel_req *req) { return (keel_str){req->body, req->body_len}; }
+
+void *keel_req_alloc(keel_req *req, size_t n) { return kl_arena_alloc(&req->conn->w->arena, n); }
+
+int keel_resp_header(keel_req *req, const char *name, const char *value) {
+  if (req->responded) return -EALREADY;
+  size_t nl = strlen(name), vl = strlen(value);
+  if (nl == 0) return -EINVAL;
+  for (size_t i = 0; i < nl; i++)
+    if ((unsigned char)name[i] <= ' ' || name[i] == ':' || name[i] == 0x7f) return -EINVAL;
+  for (size_t i = 0; i < vl; i++)
+    if (value[i] == '\r' || value[i] == '\n') return -EINVAL;
+  kl_buf *b = &req->conn->w->hdrbuf;
+  int rc = kl_buf_reserve(b, nl + vl + 4);
+  if (rc) return rc;
+  char *p = b->data + b->len;
+  p = put(p, name, nl);
+  p = PUTS(p, ": ");
+  p = put(p, value, vl);
+  p = PUTS(p, "\r\n");
+  b->len = (size_t)(p - b->data);
+  return 0;
+}
+
+static int check_status(keel_req *req, int status) {
+  if (req->responded) return -EALREADY;
+  if (status < 200 || status > 599) return -EINVAL;
+  return 0;
+}
+
+int keel_respond(keel_req *req, int status, const char *content_type, const void *body,
+                 size_t len) {
+  int rc = check_status(req, status);
+  if (rc) return rc;
+  kl_conn *c = req->conn;
+  int send_body = !c->head.is_head && status != 204 && status != 304;
+  rc = kl_buf_reserve(&c->out, len + 256 + c->w->hdrbuf.len + (content_type ? strlen(content_type) : 0));
+  if (rc) return -ENOBUFS;
+  rc = write_head(c, status, content_type, status == 204 ? 0 : len, conn_keeps(c), &c->w->hdrbuf);
+  if (rc) return -ENOBUFS;
+  if (send_body && len) {
+    memcpy(c->out.data + c->out.len, body, len);
+    seg_push(c, c->out.len, len);
+    c->out.len += len;
+  }
+  req->responded = 1;
+  req->status = status;
+  req->resp_body_len = len;
+  return 0;
+}
+
+int keel_respond_error(keel_req *req, int status, const char *msg) {
+  char buf[512];
+  size_t n = 0;
+  n += (size_t)snprintf(buf, sizeof(buf), "{\"error\":");
+  size_t q = keel_json_quote(msg, strlen(msg), buf + n, sizeof(buf) - n - 1);
+  if (q > sizeof(buf) - n - 1) return -EINVAL;
+  n += q;
+  buf[n++] = '}';
+  return keel_respond(req, status, "application/json", buf, n);
+}
+
+char *keel_respond_begin(keel_req *req, size_t max_len) {
+  kl_conn *c = req->conn;
+  if (req->responded || req->begun) return NULL;
+  if (kl_buf_reserve(&c->out, max_len) != 0) return NULL;
+  req->begun = 1;
+  req->begin_off = c->out.len;
+  return c->out.data + c->out.len;
+}
+
+int keel_respond_end(keel_req *req, int status, const char *content_type, size_t len) {
+  if (!req->begun) return -EINVAL;
+  int rc = check_status(req, status);
+  if (rc) return rc;
+  kl_conn *c = req->conn;
+  if (c->out.len != req->begin_off || len > c->out.cap - c->out.len) return -EINVAL;
+  size_t body_off = c->out.len;
+  int send_body = !c->head.is_head && status != 204 && status != 304;
+  c->out.len += len; /* the body stays where the handler wrote it; the head goes after it */
+  rc = write_head(c, status, content_type, status == 204 ? 0 : len, conn_keeps(c), &c->w->hdrbuf);
+  if (rc) {
+    c->out.len = body_off;
+    return -ENOBUFS;
+  }
+  if (send_body) seg_push(c, body_off, len);
+  req->responded = 1;
+  req->status = status;
+  req->resp_body_len = len;
+  return 0;
+}
+
+/* ---- dispatch ----------------------------------------------------------- */
+
+static void access_log(kl_conn *c, keel_req *req) {
+  kl_worker *w = c->w;
+  double sample = w->srv->cfg.access_log_sample;
+  if (sample <= 0 || !kl_log_enabled(w->srv->log, KEEL_LOG_INFO)) return;
+  if (sample < 1) {
+    w->rng ^= w->rng << 13;
+    w->rng ^= w->rng >> 7;
+    w->rng ^= w->rng << 17;
+    if ((double)(w->rng >> 11) * 0x1.0p-53 >= sample) return;
+  }
+  kl_line l;
+  kl_line_begin(&l, KEEL_LOG_INFO, "request");
+  keel_str m = keel_req_method(req), p = keel_req_path(req);
+  kl_line_str(&l, "http.request.method", m.ptr, m.len);
+  kl_line_str(&l, "url.path", p.ptr, p.len);
+  kl_line_int(&l, "http.response.status_code", req->status);
+  kl_line_int(&l, "http.response.body.size", (int64_t)req->resp_body_len);
+  kl_line_double(&l, "duration_ms", (double)(kl_now_us() - c->req_start) / 1000.0);
+  char addr[INET6_ADDRSTRLEN] = "";
+  int port = 0;
+  if (c->peer.ss_family == AF_INET) {
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)(const void *)&c->peer;
+    inet_ntop(AF_INET, &sin->sin_addr, addr, sizeof(addr));
+    port = ntohs(sin->sin_port);
+  } else if (c->peer.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)&c->peer;
+    inet_ntop(AF_INET6, &s6->sin6_addr, addr, sizeof(addr));
+    port = ntohs(s6->sin6_port);
+  }
+  kl_line_cstr(&l, "client.address", addr);
+  kl_line_int(&l, "client.port", port);
+  kl_line_end(&l, w->logq);
+}
+
+/* Runs the handler for the complete request in `in` and moves to the next one. */
+static void conn_dispatch(kl_conn *c, size_t req_end) {
+  kl_worker *w = c->w;
+  keel_req *req = &c->req;
+  const char *base = c->in.data + c->in_start;
+  if (w->hdrs_conn != c || w->hdrs_gen != c->gen) {
+    /* Another connection parsed since: parse this (valid) head again for its header views. */
+    size_t scanned = 0;
+    kl_http_error err;
+    uint8_t expect = c->head.expect_continue;
+    kl_http_parse_head(base, c->head.head_len, &scanned, &w->limits, w->hdrs, &c->head, &err);
+    c->head.expect_continue = expect;
+  }
+  memset(req, 0, sizeof(*req));
+  req->conn = c;
+  req->base = base;
+  req->body = base + c->head.head_len;
+  req->body_len = c->head.chunked ? c->body_pos - c->head.head_len : c->head.content_length;
+  w->hdrbuf.len = 0;
+
+  char allow[128];
+  const kl_route *r = kl_route_find(w->srv, base + c->head.method_off, c->head.method_len,
+                                    base + c->head.path_off, c->head.path_len, allow,
+                                    sizeof(allow));
+  if (r) {
+    r->handler(req, r->userdata);
+    if (!req->responded) {
+      w->hdrbuf.len = 0;
+      if (req->begun) req->begun = 0;
+      keel_respond_error(req, 500, "handler did not respond");
+    }
+  } else if (allow[0]) {
+    keel_resp_header(req, "Allow", allow);
+    char body[200];
+    int n = snprintf(body, sizeof(body), "{\"error\":\"method not allowed\",\"allow\":\"%s\"}",
+                     allow);
+    keel_respond(req, 405, "application/json", body, (size_t)n);
+  } else {
+    keel_str p = keel_req_path(req);
+    size_t cap = 64 + p.len * 6;
+    char *body = kl_arena_alloc(&w->arena, cap);
+    size_t n = 0;
+    if (body) {
+      n = (size_t)snprintf(body, cap, "{\"error\":\"not found\",\"path\":");
+      n += keel_json_quote(p.ptr, p.len, body + n, cap - n - 1);
+      body[n++] = '}';
+    }
+    keel_respond(req, 404, "application/json", body, n);
+  }
+  if (!req->responded) { /* the output cap refused even the error: give up on this peer */
+    c->closing = 1;
+  }
+  access_log(c, req);
+  kl_arena_reset(&w->arena);
+  if (!conn_keeps(c)) c->closing = 1;
+  c->in_start += req_end;
+  c->state = KL_CONN_HEAD;
+  c->scanned = 0;
+  c->sent_continue = 0;
+  c->gen++;
+}
+
+/* Parses and handles every complete request buffered, as far as output backpressure allows. */
+static void conn_process(kl_conn *c) {
+  kl_worker *w = c->w;
+  const keel_config *cfg = &w->srv->cfg;
+  while (!c->closing && !c->closed) {
+    if (c->nsegs + 4 > KL_SEGS_MAX || c->out.len > KL_OUT_HIGH) {
+      if (conn_flush(c) || c->closed) return; /* resumes from the EPOLLOUT handler */
+    }
+    char *base = c->in.data + c->in_start;
+    size_t avail = c->in.len - c->in_start;
+    if (c->state == KL_CONN_HEAD) {
+      if (c->scanned == 0) { /* RFC 9112 2.2: ignore empty lines before a request */
+        size_t skip = 0;
+        while (skip + 1 < avail && base[skip] == '\r' && base[skip + 1] == '\n') skip += 2;
+        c->in_start += skip;
+        base += skip;
+        avail -= skip;
+      }
+      if (avail == 0) {
+        c->in_start = c->in.len = 0;
+        conn_deadline(c, c->gen ? cfg->idle_timeout_ms : cfg->header_timeout_ms);
+        return;
+      }
+      if (c->scanned == 0) {
+        c->req_start = kl_now_us();
+        conn_deadline(c, cfg->header_timeout_ms);
+      }
+      kl_http_error err;
+      int rc = kl_http_parse_head(base, avail, &c->scanned, &w->limits, w->hdrs, &c->head, &err);
+      if (rc == 0) return;
+      if (rc < 0) {
+        respond_error_close(c, err.status, err.msg, (long)err.offset);
+        return;
+      }
+      w->hdrs_conn = c;
+      w->hdrs_gen = c->gen;
+      if (c->head.has_length && c->head.content_length > cfg->body_max) {
+        respond_error_close(c, 413, "request body too large", (long)c->head.head_len);
+        return;
+      }
+      if (!c->head.chunked && c->head.content_length == 0) {
+        conn_dispatch(c, c->head.head_len);
+        continue;
+      }
+      c->state = KL_CONN_BODY;
+      c->raw_pos = c->body_pos = c->head.head_len;
+      kl_chunked_init(&c->chunked);
+      conn_deadline(c, cfg->body_timeout_ms);
+    }
+    /* KL_CONN_BODY */
+    if (c->head.expect_continue && !c->sent_continue && avail == c->head.head_len) {
+      static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+      c->sent_continue = 1;
+      if (kl_buf_append(&c->out, cont, sizeof(cont) - 1) == 0) {
+        seg_push(c, c->out.len - (sizeof(cont) - 1), sizeof(cont) - 1);
+        conn_flush(c);
+        if (c->closed) return;
+      }
+    }
+    if (!c->head.chunked) {
+      size_t end = c->head.head_len + c->head.content_length;
+      if (avail < end) {
+        /* Make room for the whole body; its size was checked against body_max above. */
+        conn_compact(c);
+        if (kl_buf_reserve(&c->in, end - avail) != 0) {
+          respond_error_close(c, 503, "out of memory", -1);
+          return;
+        }
+        return;
+      }
+      conn_dispatch(c, end);
+      continue;
+    }
+    kl_http_error err;
+    int rc = kl_chunked_decode(&c->chunked, base, avail, &c->raw_pos, &c->body_pos, cfg->body_max,
+                               cfg->header_bytes_max, &err);
+    if (rc < 0) {
+      respond_error_close(c, err.status, err.msg, (long)err.offset);
+      return;
+    }
+    if (rc == 0) {
+      /* Decoded bytes are compacted, so the raw tail is all that needs room. */
+      return;
+    }
+    conn_dispatch(c, c->raw_pos);
+  }
+}
+
+/* ---- events ------------------------------------------------------------- */
+
+/* Slides the current request to the front: every offset is relative to in_start. */
+static void conn_compact(kl_conn *c) {
+  if (c->in_start == 0) return;
+  memmove(c->in.data, c->in.data + c->in_start, c->in.len - c->in_start);
+  c->in.len -= c->in_start;
+  c->in_start = 0;
+}
+
+static void conn_read(kl_conn *c) {
+  const keel_config *cfg = &c->w->srv->cfg;
+  for (int i = 0; i < KL_READS_PER_EVENT && !c->closed; i++) {
+    if (c->in_start > 0 && (c->in.cap - c->in.len < 1024 || c->in_start == c->in.len))
+      conn_compact(c);
+    if (c->in.cap - c->in.len < 1024) {
+      size_t grow = c->in.cap ? c->in.cap : KL_CONN_INBUF;
+      if (kl_buf_reserve(&c->in, grow) != 0 && kl_buf_reserve(&c->in, 1) != 0) {
+        /* Cannot happen within the limits (413/431 come first): only on ENOMEM. */
+        conn_close(c);
+        return;
+      }
+    }
+    ssize_t n = read(c->io.fd, c->in.data + c->in.len, c->in.cap - c->in.len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) conn_close(c);
+      return;
+    }
+    if (n == 0) {
+      /* Peer closed its side: answer nothing more; a half-sent request is dropped. */
+      if (c->seg_first < c->nsegs) {
+        c->closing = 1;
+        conn_flush(c);
+      } else {
+        conn_close(c);
+      }
+      return;
+    }
+    c->in.len += (size_t)n;
+    if (c->state == KL_CONN_BODY) conn_deadline(c, cfg->body_timeout_ms);
+    conn_process(c);
+    if (c->closed || c->closing || !c->reading) break;
+    if ((size_t)n < 1024) break; /* probably drained the socket; epoll will tell us */
+  }
+  if (!c->closed) conn_flush(c);
+}
+
+static void conn_linger_read(kl_conn *c) {
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(c->io.fd, buf, sizeof(buf));
+    if (n > 0) {
+      c->lingered += (size_t)n;
+      if (c->lingered > KL_LINGER_MAX) break;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) return;
+    break;
+  }
+  conn_close(c);
+}
+
+static void conn_event(kl_loop *loop, kl_io *io, uint32_t events) {
+  (void)loop;
+  kl_conn *c = CONN_OF(io, io);
+  if (c->closed) return;
+  if (c->state == KL_CONN_LINGER) {
+    conn_linger_read(c);
+    return;
+  }
+  if (events & (EPOLLERR | EPOLLHUP)) {
+    conn_close(c);
+    return;
+  }
+  if (events & EPOLLOUT) {
+    if (conn_flush(c) || c->closed) return;
+    if (c->reading) {
+      conn_process(c); /* pipelined requests waiting behind the backlog */
+      if (!c->closed) conn_flush(c);
+    }
+  }
+  if ((events & (EPOLLIN | EPOLLRDHUP)) && c->reading) conn_read(c);
+}
+
+static void conn_timer_cb(kl_timer *t) {
+  kl_conn *c = CONN_OF(t, timer);
+  if (c->closed) return;
+  if (c->w->loop.now < c->deadline) { /* the deadline moved later since the timer was armed */
+    kl_timer_set(&c->w->loop.timers, &c->timer, c->deadline);
+    return;
+  }
+  if (c->state == KL_CONN_LINGER || c->seg_first < c->nsegs) {
+    conn_close(c); /* linger over, or the peer stopped reading our response */
+  } else if (c->state == KL_CONN_BODY || c->in.len > c->in_start) {
+    respond_error_close(c, 408, c->state == KL_CONN_BODY ? "timed out reading the request body"
+                                                         : "timed out reading the request head",
+                        -1);
+  } else {
+    conn_close(c); /* idle keep-alive, or a connection that never sent a byte */
+  }
+}
+
+/* ---- accept ------------------------------------------------------------- */
+
+static void refuse(int fd) {
+  static const char busy[] =
+      "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\n"
+      "Content-Length: 46\r\nConnection: close\r\n\r\n"
+      "{\"error\":\"too many connections\",\"retry\":true}";
+  char sink[4096];
+  ssize_t ignored = read(fd, sink, sizeof(sink)); /* fewer RSTs: take what already arrived */
+  ignored = write(fd, busy, sizeof(busy) - 1);
+  (void)ignored;
+  shutdown(fd, SHUT_WR);
+  close(fd);
+}
+
+static kl_conn *conn_new(kl_worker *w) {
+  kl_conn *c = w->free;
+  if (c) {
+    list_remove(&w->free, c);
+    w->nfree--;
+  } else {
+    c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    kl_buf_init(&c->in, 0);
+    kl_buf_init(&c->out, 0);
+  }
+  const keel_config *cfg = &w->srv->cfg;
+  kl_buf in = c->in, out = c->out;
+  memset(c, 0, offsetof(kl_conn, segs));
+  c->in = in;
+  c->out = out;
+  c->in.len = c->out.len = 0;
+  /* The largest request: a full head plus a full body plus one chunk line of slack. */
+  c->in.max = (size_t)cfg->header_bytes_max + (size_t)cfg->body_max + 64 * 1024;
+  c->out.max = (size_t)cfg->body_max + 1024 * 1024;
+  c->nsegs = c->seg_first = 0;
+  c->w = w;
+  c->timer.cb = conn_timer_cb;
+  c->io.cb = conn_event;
+  c->reading = 1;
+  return c;
+}
+
+void kl_conn_accept(kl_loop *loop, kl_io *io, uint32_t events) {
+  (void)events;
+  kl_worker *w = (kl_worker *)(void *)((char *)io - offsetof(kl_worker, listen_io));
+  for (int i = 0; i < KL_ACCEPTS_PER_EVENT && w->listen_io.fd >= 0; i++) {
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof(peer);
+    int fd = accept4(io->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        /* Out of descriptors: stop accepting for a moment instead of spinning. */
+        kl_io_modify(loop, io, 0);
+        kl_timer_set(&loop->timers, &w->accept_timer, loop->now + 100);
+        keel_log(w->srv, KEEL_LOG_WARN, "accept paused", "error", strerror(errno), NULL);
+      }
+      return;
+    }
+    if (w->nconns >= w->max_conns) {
+      refuse(fd);
+      continue;
+    }
+    kl_conn *c = conn_new(w);
+    if (!c) {
+      refuse(fd);
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->io.fd = fd;
+    memcpy(&c->peer, &peer, sizeof(peer));
+    if (kl_io_start(loop, &c->io, EPOLLIN | EPOLLRDHUP) < 0) {
+      close(fd);
+      list_push(&w->free, c);
+      w->nfree++;
+      continue;
+    }
+    list_push(&w->open, c);
+    w->nconns++;
+    conn_deadline(c, w->srv->cfg.header_timeout_ms);
+  }
+}
+
+void kl_conn_drain_all(kl_worker *w) {
+  w->draining = 1;
+  for (kl_conn *c = w->open, *next; c; c = next) {
+    next = c->next;
+    /* Idle: nothing buffered, nothing in flight. Others finish their request first. */
+    if (c->state == KL_CONN_HEAD && c->in.len == c->in_start && c->seg_first == c->nsegs)
+      conn_close(c);
+  }
+  if (w->nconns == 0) w->loop.stop = 1;
+}
+
+void kl_conn_close_all(kl_worker *w) {
+  while (w->open) conn_close(w->open);
+  w->loop.stop = 1;
+}

@@ -1,0 +1,82 @@
+/* parser.h - strict incremental HTTP/1.1 request parser (RFC 9112) and in-place chunked decoder. */
+#ifndef KEEL_HTTP_PARSER_H
+#define KEEL_HTTP_PARSER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/** One header field: offsets into the buffer the head was parsed from. */
+typedef struct kl_header {
+  uint32_t name_off, name_len;
+  uint32_t value_off, value_len; /* without surrounding whitespace */
+} kl_header;
+
+/** Limits the parser enforces (see keel_config). */
+typedef struct kl_http_limits {
+  uint32_t request_line_max;
+  uint32_t header_bytes_max;
+  uint32_t header_count_max;
+} kl_http_limits;
+
+/** What a parse error means for the peer: the status to answer and why. */
+typedef struct kl_http_error {
+  int status;      /* 400, 413, 414, 417, 431, 501, 505 */
+  const char *msg; /* static, e.g. "invalid character in header name" */
+  size_t offset;   /* byte offset in the request where it was found */
+} kl_http_error;
+
+/** A parsed request head. Views are offsets into the parsed buffer. */
+typedef struct kl_http_head {
+  uint32_t method_off, method_len;
+  uint32_t target_off, target_len;
+  uint32_t path_off, path_len;   /* origin-form path, also from absolute-form */
+  uint32_t query_off, query_len; /* after '?', 0 length when absent */
+  uint32_t head_len;             /* bytes of the head including the blank line */
+  uint8_t minor;                 /* 0 for HTTP/1.0, 1 for HTTP/1.1 */
+  uint8_t keep_alive;            /* persistent after this request (version + Connection) */
+  uint8_t chunked;               /* Transfer-Encoding: chunked */
+  uint8_t has_length;            /* Content-Length present */
+  uint8_t expect_continue;       /* Expect: 100-continue */
+  uint8_t is_head;               /* method is HEAD */
+  uint64_t content_length;
+  uint32_t nheaders;
+} kl_http_head;
+
+/**
+ * Parses the request head at the start of `buf` (`len` bytes available).
+ * `*scanned` carries how far an earlier call looked for the end of the head
+ * (start at 0) so that bytes arriving one at a time are not rescanned.
+ * Headers go to `hdrs` (room for limits->header_count_max).
+ * Returns 1 when a head was parsed into `out`, 0 when more bytes are needed,
+ * -1 on an error described by `err` (the connection must then be closed).
+ */
+int kl_http_parse_head(const char *buf, size_t len, size_t *scanned, const kl_http_limits *limits,
+                       kl_header *hdrs, kl_http_head *out, kl_http_error *err);
+
+/** State of an incremental chunked decoder. Zero it (or kl_chunked_init) per body. */
+typedef struct kl_chunked {
+  uint8_t state;
+  uint8_t digits;     /* hex digits seen in the current size */
+  uint32_t line_len;  /* bytes in the current extension or trailer line */
+  uint32_t trailers;  /* trailer bytes so far (count against header_bytes_max) */
+  uint64_t remaining; /* data bytes left in the current chunk */
+  uint64_t total;     /* decoded body bytes so far */
+} kl_chunked;
+
+/** Resets `c` for a new body. */
+void kl_chunked_init(kl_chunked *c);
+
+/**
+ * Decodes chunked data in place: reads raw bytes buf[*rpos, len) and writes
+ * body bytes at buf[*wpos...] (always *wpos <= *rpos), advancing both.
+ * `body_max` caps the decoded size (413 beyond), `trailer_max` the trailer
+ * bytes (431). Returns 1 when the last chunk and trailers are complete (*rpos
+ * is then just past the body), 0 when more input is needed, -1 on error.
+ */
+int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t *wpos,
+                      uint64_t body_max, uint32_t trailer_max, kl_http_error *err);
+
+/** Case-insensitive ASCII comparison of `a` (`n` bytes) with NUL-terminated lowercase `lower`. */
+int kl_http_name_eq(const char *a, size_t n, const char *lower);
+
+#endif

@@ -1,0 +1,452 @@
+/* server.c - keel_server: routes, probes, SO_REUSEPORT listeners, worker threads, signals, drain. */
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "http/server_internal.h"
+
+#define KL_LISTEN_BACKLOG 4096
+
+/* ---- routes ------------------------------------------------------------- */
+
+int keel_route(keel_server *srv, const char *method, const char *path, keel_handler handler,
+               void *userdata) {
+  if (!srv || !method || !path || !handler || path[0] != '/' || !method[0]) return -EINVAL;
+  for (const char *m = method; *m; m++)
+    if (*m < 'A' || *m > 'Z') return -EINVAL;
+  for (size_t i = 0; i < srv->nroutes; i++)
+    if (strcmp(srv->routes[i].method, method) == 0 && strcmp(srv->routes[i].path, path) == 0)
+      return -EEXIST;
+  if (srv->nroutes == srv->cap_routes) {
+    size_t cap = srv->cap_routes ? srv->cap_routes * 2 : 16;
+    kl_route *r = realloc(srv->routes, cap * sizeof(*r));
+    if (!r) return -ENOMEM;
+    srv->routes = r;
+    srv->cap_routes = cap;
+  }
+  kl_route *r = &srv->routes[srv->nroutes];
+  r->method = strdup(method);
+  r->path = strdup(path);
+  if (!r->method || !r->path) {
+    free(r->method);
+    free(r->path);
+    return -ENOMEM;
+  }
+  r->method_len = strlen(method);
+  r->path_len = strlen(path);
+  r->handler = handler;
+  r->userdata = userdata;
+  srv->nroutes++;
+  return 0;
+}
+
+const kl_route *kl_route_find(const keel_server *srv, const char *method, size_t mlen,
+                              const char *path, size_t plen, char *allow, size_t allowlen) {
+  if (plen == 0) { /* absolute-form target without a path */
+    path = "/";
+    plen = 1;
+  }
+  int head = mlen == 4 && memcmp(method, "HEAD", 4) == 0;
+  size_t an = 0;
+  allow[0] = '\0';
+  for (size_t i = 0; i < srv->nroutes; i++) {
+    const kl_route *r = &srv->routes[i];
+    if (r->path_len != plen || memcmp(r->path, path, plen) != 0) continue;
+    if ((r->method_len == mlen && memcmp(r->method, method, mlen) == 0) ||
+        (head && strcmp(r->method, "GET") == 0))
+      return r;
+    int n = snprintf(allow + an, allowlen - an, "%s%s%s", an ? ", " : "", r->method,
+                     strcmp(r->method, "GET") == 0 ? ", HEAD" : "");
+    if (n > 0 && (size_t)n < allowlen - an) an += (size_t)n;
+  }
+  return NULL;
+}
+
+/* ---- probes ------------------------------------------------------------- */
+
+static void probe_live(keel_req *req, void *ud) {
+  (void)ud;
+  static const char ok[] = "{\"status\":\"ok\"}";
+  keel_respond(req, 200, "application/json", ok, sizeof(ok) - 1);
+}
+
+static void probe_ready(keel_req *req, void *ud) {
+  keel_server *srv = ud;
+  static const char ready[] = "{\"status\":\"ready\"}";
+  static const char draining[] = "{\"status\":\"draining\"}";
+  if (atomic_load_explicit(&srv->draining, memory_order_relaxed))
+    keel_respond(req, 503, "application/json", draining, sizeof(draining) - 1);
+  else
+    keel_respond(req, 200, "application/json", ready, sizeof(ready) - 1);
+}
+
+/* ---- logging ------------------------------------------------------------ */
+
+void keel_log(keel_server *srv, keel_log_level level, const char *msg, ...) {
+  if (!srv || !srv->log || !kl_log_enabled(srv->log, level)) return;
+  kl_line l;
+  kl_line_begin(&l, level, msg);
+  va_list ap;
+  va_start(ap, msg);
+  for (;;) {
+    const char *k = va_arg(ap, const char *);
+    if (!k) break;
+    const char *v = va_arg(ap, const char *);
+    kl_line_cstr(&l, k, v ? v : "");
+  }
+  va_end(ap);
+  kl_line_end(&l, kl_log_queue(srv->log));
+}
+
+/* ---- server ------------------------------------------------------------- */
+
+/* Splits "host:port" / "[v6]:port" and resolves it (numeric or name) into srv->addr. */
+static int resolve_listen(keel_server *srv, char *err, size_t errlen) {
+  char host[128];
+  const char *l = srv->cfg.listen, *colon = strrchr(l, ':');
+  if (!colon) {
+    snprintf(err, errlen, "listen: '%s' is not HOST:PORT", l);
+    return -EINVAL;
+  }
+  size_t hl = (size_t)(colon - l);
+  if (hl >= 2 && l[0] == '[' && l[hl - 1] == ']') {
+    l++;
+    hl -= 2;
+  }
+  if (hl >= sizeof(host)) hl = sizeof(host) - 1;
+  memcpy(host, l, hl);
+  host[hl] = '\0';
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_PASSIVE}, *res = NULL;
+  int rc = getaddrinfo(hl ? host : NULL, colon + 1, &hints, &res);
+  if (rc != 0 || !res) {
+    snprintf(err, errlen, "listen: cannot resolve '%s': %s", srv->cfg.listen, gai_strerror(rc));
+    return -EINVAL;
+  }
+  memcpy(&srv->addr, res->ai_addr, res->ai_addrlen);
+  srv->addrlen = res->ai_addrlen;
+  freeaddrinfo(res);
+  return 0;
+}
+
+keel_server *keel_server_new(const keel_config *cfg, char *err, size_t errlen) {
+  keel_server *srv = calloc(1, sizeof(*srv));
+  if (!srv) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  srv->cfg = *cfg;
+  srv->stopfd = srv->donefd = -1;
+  if (keel_config_validate(&srv->cfg, err, errlen) || resolve_listen(srv, err, errlen)) goto fail;
+  srv->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  srv->donefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (srv->stopfd < 0 || srv->donefd < 0) {
+    snprintf(err, errlen, "eventfd: %s", strerror(errno));
+    goto fail;
+  }
+  srv->log = kl_log_new(STDOUT_FILENO, cfg->log_buffer_bytes, cfg->log_level);
+  if (!srv->log) {
+    snprintf(err, errlen, "cannot start the logger: %s", strerror(errno));
+    goto fail;
+  }
+  kl_log_bind(srv->log);
+  if (keel_route(srv, "GET", "/livez", probe_live, srv) ||
+      keel_route(srv, "GET", "/healthz", probe_live, srv) ||
+      keel_route(srv, "GET", "/readyz", probe_ready, srv)) {
+    snprintf(err, errlen, "out of memory");
+    goto fail;
+  }
+  return srv;
+fail:
+  keel_server_free(srv);
+  return NULL;
+}
+
+void keel_server_free(keel_server *srv) {
+  if (!srv) return;
+  for (size_t i = 0; i < srv->nroutes; i++) {
+    free(srv->routes[i].method);
+    free(srv->routes[i].path);
+  }
+  free(srv->routes);
+  if (srv->stopfd >= 0) close(srv->stopfd);
+  if (srv->donefd >= 0) close(srv->donefd);
+  kl_log_free(srv->log);
+  free(srv);
+}
+
+int keel_server_port(const keel_server *srv) { return atomic_load(&srv->port); }
+
+void keel_server_stop(keel_server *srv) {
+  uint64_t one = 1;
+  ssize_t n = write(srv->stopfd, &one, sizeof(one));
+  (void)n;
+}
+
+/* ---- workers ------------------------------------------------------------ */
+
+static int open_listener(keel_server *srv, int port) {
+  struct sockaddr_storage addr = srv->addr;
+  if (addr.ss_family == AF_INET)
+    ((struct sockaddr_in *)(void *)&addr)->sin_port = htons((uint16_t)port);
+  else
+    ((struct sockaddr_in6 *)(void *)&addr)->sin6_port = htons((uint16_t)port);
+  int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (bind(fd, (struct sockaddr *)&addr, srv->addrlen) < 0 || listen(fd, KL_LISTEN_BACKLOG) < 0) {
+    int e = -errno;
+    close(fd);
+    return e;
+  }
+  return fd;
+}
+
+static void worker_ctl(kl_loop *loop, kl_io *io, uint32_t events) {
+  (void)events;
+  kl_worker *w = (kl_worker *)(void *)((char *)io - offsetof(kl_worker, ctl_io));
+  uint64_t v;
+  ssize_t n = read(io->fd, &v, sizeof(v));
+  (void)n;
+  int cmd = atomic_exchange(&w->cmd, KL_CMD_NONE);
+  if (cmd == KL_CMD_FORCE) {
+    kl_conn_close_all(w);
+    return;
+  }
+  if (cmd == KL_CMD_DRAIN && w->listen_io.fd >= 0) {
+    /* Take what the kernel already accepted for us, then stop listening. */
+    kl_conn_accept(loop, &w->listen_io, EPOLLIN);
+    kl_io_stop(loop, &w->listen_io);
+    close(w->listen_io.fd);
+    w->listen_io.fd = -1;
+    kl_conn_drain_all(w);
+  }
+}
+
+static void worker_accept_resume(kl_timer *t) {
+  kl_worker *w = (kl_worker *)(void *)((char *)t - offsetof(kl_worker, accept_timer));
+  if (w->listen_io.fd >= 0) kl_io_modify(&w->loop, &w->listen_io, EPOLLIN);
+}
+
+static void worker_before_sleep(kl_loop *loop) {
+  kl_worker *w = (kl_worker *)(void *)((char *)loop - offsetof(kl_worker, loop));
+  kl_conn_recycle(w);
+}
+
+static void *worker_main(void *arg) {
+  kl_worker *w = arg;
+  w->logq = kl_log_bind(w->srv->log);
+  kl_loop_run(&w->loop);
+  kl_conn_close_all(w);
+  kl_conn_free_pool(w);
+  uint64_t one = 1;
+  ssize_t n = write(w->srv->donefd, &one, sizeof(one));
+  (void)n;
+  return NULL;
+}
+
+static int worker_init(keel_server *srv, kl_worker *w, unsigned id, int listen_fd) {
+  const keel_config *cfg = &srv->cfg;
+  memset(w, 0, sizeof(*w));
+  w->srv = srv;
+  w->id = id;
+  w->listen_io.fd = listen_fd;
+  w->ctl_io.fd = -1;
+  w->max_conns = (cfg->max_connections + srv->nworkers - 1) / srv->nworkers;
+  w->limits.request_line_max = cfg->request_line_max;
+  w->limits.header_bytes_max = cfg->header_bytes_max;
+  w->limits.header_count_max = cfg->header_count_max;
+  w->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)id << 32) ^ (uint64_t)kl_now_us();
+  kl_arena_init(&w->arena, 64 * 1024, 64u * 1024 * 1024 + cfg->body_max * 10);
+  kl_buf_init(&w->hdrbuf, 16 * 1024);
+  w->accept_timer.cb = worker_accept_resume;
+  w->hdrs = calloc(cfg->header_count_max, sizeof(*w->hdrs));
+  if (!w->hdrs) return -ENOMEM;
+  int rc = kl_loop_init(&w->loop, w->max_conns + 8);
+  if (rc) return rc;
+  w->loop.before_sleep = worker_before_sleep;
+  w->ctl_io.fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (w->ctl_io.fd < 0) return -errno;
+  w->ctl_io.cb = worker_ctl;
+  w->listen_io.cb = kl_conn_accept;
+  if ((rc = kl_io_start(&w->loop, &w->ctl_io, EPOLLIN)) ||
+      (rc = kl_io_start(&w->loop, &w->listen_io, EPOLLIN)))
+    return rc;
+  return 0;
+}
+
+static void worker_cleanup(kl_worker *w) {
+  if (w->listen_io.fd >= 0) close(w->listen_io.fd);
+  if (w->ctl_io.fd >= 0) close(w->ctl_io.fd);
+  kl_loop_free(&w->loop);
+  kl_arena_free(&w->arena);
+  kl_buf_free(&w->hdrbuf);
+  free(w->hdrs);
+}
+
+static void worker_command(kl_worker *w, int cmd) {
+  atomic_store(&w->cmd, cmd);
+  uint64_t one = 1;
+  ssize_t n = write(w->ctl_io.fd, &one, sizeof(one));
+  (void)n;
+}
+
+/* ---- run ---------------------------------------------------------------- */
+
+static const char *addr_text(const keel_server *srv, char *buf, size_t n) {
+  char host[64] = "?";
+  getnameinfo((const struct sockaddr *)&srv->addr, srv->addrlen, host, sizeof(host), NULL, 0,
+              NI_NUMERICHOST);
+  snprintf(buf, n, srv->addr.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host,
+           atomic_load(&srv->port));
+  return buf;
+}
+
+/* Drain phases of the main thread. */
+enum { PH_RUN, PH_DELAY, PH_DRAIN, PH_DONE };
+
+int keel_server_run(keel_server *srv) {
+  const keel_config *cfg = &srv->cfg;
+  char buf[160];
+  sigset_t set, old;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGPIPE); /* workers see EPIPE instead; never delivered here */
+  pthread_sigmask(SIG_BLOCK, &set, &old);
+  sigdelset(&set, SIGPIPE);
+  int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  srv->nworkers = cfg->workers ? cfg->workers : (unsigned)(ncpu > 0 ? ncpu : 1);
+  srv->workers = calloc(srv->nworkers, sizeof(*srv->workers));
+  unsigned started = 0;
+  int rc = 0;
+  if (sfd < 0 || !srv->workers) {
+    rc = sfd < 0 ? -errno : -ENOMEM;
+    goto out;
+  }
+  int port = ntohs(srv->addr.ss_family == AF_INET
+                       ? ((struct sockaddr_in *)(void *)&srv->addr)->sin_port
+                       : ((struct sockaddr_in6 *)(void *)&srv->addr)->sin6_port);
+  for (unsigned i = 0; i < srv->nworkers; i++) {
+    int fd = open_listener(srv, port);
+    if (fd < 0) {
+      rc = fd;
+      keel_log(srv, KEEL_LOG_ERROR, "cannot listen", "listen", cfg->listen, "error",
+               strerror(-fd), NULL);
+      goto out;
+    }
+    if (port == 0) { /* the first bind chose the port; the others share it */
+      struct sockaddr_storage a;
+      socklen_t alen = sizeof(a);
+      getsockname(fd, (struct sockaddr *)&a, &alen);
+      port = ntohs(a.ss_family == AF_INET ? ((struct sockaddr_in *)(void *)&a)->sin_port
+                                          : ((struct sockaddr_in6 *)(void *)&a)->sin6_port);
+    }
+    atomic_store(&srv->port, port);
+    rc = worker_init(srv, &srv->workers[i], i, fd);
+    if (rc) {
+      worker_cleanup(&srv->workers[i]);
+      goto out;
+    }
+    started++;
+  }
+  for (unsigned i = 0; i < srv->nworkers; i++) {
+    if (pthread_create(&srv->workers[i].thread, NULL, worker_main, &srv->workers[i]) != 0) {
+      rc = -EAGAIN;
+      for (unsigned j = 0; j < i; j++) worker_command(&srv->workers[j], KL_CMD_FORCE);
+      for (unsigned j = 0; j < i; j++) pthread_join(srv->workers[j].thread, NULL);
+      goto out;
+    }
+  }
+  char workers[16];
+  snprintf(workers, sizeof(workers), "%u", srv->nworkers);
+  keel_log(srv, KEEL_LOG_INFO, "listening", "address", addr_text(srv, buf, sizeof(buf)),
+           "workers", workers, "version", KEEL_VERSION, NULL);
+
+  int phase = PH_RUN;
+  unsigned done = 0;
+  uint64_t deadline = 0;
+  while (phase != PH_DONE) {
+    struct pollfd pfd[3] = {{.fd = sfd, .events = POLLIN},
+                            {.fd = srv->stopfd, .events = POLLIN},
+                            {.fd = srv->donefd, .events = POLLIN}};
+    int timeout = -1;
+    if (phase != PH_RUN) {
+      uint64_t now = kl_now_ms();
+      timeout = deadline > now ? (int)(deadline - now) : 0;
+    }
+    int n = poll(pfd, 3, timeout);
+    if (n < 0 && errno != EINTR) break;
+    int stop = 0;
+    if (pfd[0].revents & POLLIN) {
+      struct signalfd_siginfo si;
+      while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        if (si.ssi_signo == SIGHUP) {
+          keel_log(srv, KEEL_LOG_WARN, "SIGHUP ignored: configuration reload is not supported yet",
+                   NULL);
+          continue;
+        }
+        if (phase != PH_RUN) {
+          /* Second signal: the operator wants out now. */
+          static const char msg[] = "{\"level\":\"warn\",\"msg\":\"second signal: exiting now\"}\n";
+          ssize_t w = write(STDOUT_FILENO, msg, sizeof(msg) - 1);
+          (void)w;
+          _exit(128 + (int)si.ssi_signo);
+        }
+        stop = 1;
+      }
+    }
+    if (pfd[1].revents & POLLIN) {
+      uint64_t v;
+      ssize_t r = read(srv->stopfd, &v, sizeof(v));
+      (void)r;
+      if (phase == PH_RUN) stop = 1;
+    }
+    if (pfd[2].revents & POLLIN) {
+      uint64_t v;
+      if (read(srv->donefd, &v, sizeof(v)) == (ssize_t)sizeof(v)) done += (unsigned)v;
+      if (done >= srv->nworkers) phase = PH_DONE;
+    }
+    if (stop && phase == PH_RUN) {
+      atomic_store(&srv->draining, 1);
+      keel_log(srv, KEEL_LOG_INFO, "draining: readyz now answers 503", NULL);
+      phase = PH_DELAY;
+      deadline = kl_now_ms() + cfg->drain_delay_ms;
+    }
+    uint64_t now = kl_now_ms();
+    if (phase == PH_DELAY && now >= deadline) {
+      keel_log(srv, KEEL_LOG_INFO, "closing listeners; finishing in-flight requests", NULL);
+      for (unsigned i = 0; i < srv->nworkers; i++) worker_command(&srv->workers[i], KL_CMD_DRAIN);
+      phase = PH_DRAIN;
+      deadline = now + cfg->drain_timeout_ms;
+    } else if (phase == PH_DRAIN && now >= deadline) {
+      keel_log(srv, KEEL_LOG_WARN, "drain timeout: closing the remaining connections", NULL);
+      for (unsigned i = 0; i < srv->nworkers; i++) worker_command(&srv->workers[i], KL_CMD_FORCE);
+      rc = -ETIMEDOUT;
+      phase = PH_DONE;
+    }
+  }
+  for (unsigned i = 0; i < srv->nworkers; i++) pthread_join(srv->workers[i].thread, NULL);
+  keel_log(srv, rc ? KEEL_LOG_WARN : KEEL_LOG_INFO, "stopped", NULL);
+out:
+  for (unsigned i = 0; i < started; i++) worker_cleanup(&srv->workers[i]);
+  free(srv->workers);
+  srv->workers = NULL;
+  if (sfd >= 0) close(sfd);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return rc;
+}
