@@ -621,7 +621,7 @@ static void conn_read(kl_conn *c) {
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno != EAGAIN) conn_close(c);
-      return;
+      break;
     }
     if (n == 0) {
       /* Peer closed its side: answer nothing more; a half-sent request is dropped. */
