@@ -18,6 +18,7 @@
 #define KL_READS_PER_EVENT 4       /* fairness: one busy client cannot starve the rest */
 #define KL_LINGER_MAX (64 * 1024)  /* bytes discarded before giving up on a lingering close */
 #define KL_LINGER_MS 2000
+#define KL_LINGER_DRAIN_MS 250
 #define KL_ACCEPTS_PER_EVENT 64
 #define KL_POOL_MAX 1024           /* connection structs kept for reuse per worker */
 
@@ -103,7 +104,7 @@ static void conn_linger(kl_conn *c) {
   c->state = KL_CONN_LINGER;
   c->lingered = 0;
   shutdown(c->io.fd, SHUT_WR);
-  conn_deadline(c, KL_LINGER_MS);
+  conn_deadline(c, c->w->draining ? KL_LINGER_DRAIN_MS : KL_LINGER_MS); /* exit promptly */
   conn_want(c, EPOLLIN | EPOLLRDHUP);
 }
 
@@ -787,9 +788,21 @@ void kl_conn_drain_all(kl_worker *w) {
   w->draining = 1;
   for (kl_conn *c = w->open, *next; c; c = next) {
     next = c->next;
-    /* Idle: nothing buffered, nothing in flight. Others finish their request first. */
-    if (c->state == KL_CONN_HEAD && c->in.len == c->in_start && c->seg_first == c->nsegs)
-      conn_close(c);
+    if (c->state != KL_CONN_HEAD || c->in.len != c->in_start || c->seg_first != c->nsegs)
+      continue; /* in flight: it finishes, and its response says Connection: close */
+    /* A request may already wait in the kernel (a client that just reused the connection,
+     * or one queued before the listener closed): read before deciding it is idle. */
+    if (c->reading) conn_read(c);
+    if (c->closed || c->state != KL_CONN_HEAD || c->in.len != c->in_start ||
+        c->seg_first != c->nsegs)
+      continue;
+    if (c->gen == 0) {
+      /* Accepted but silent: its request may be on the way. A short grace, then closed. */
+      uint32_t grace = w->srv->cfg.header_timeout_ms < 1000 ? w->srv->cfg.header_timeout_ms : 1000;
+      conn_deadline(c, grace);
+    } else {
+      conn_close(c); /* like any server: a request crossing this close is retried by clients */
+    }
   }
   if (w->nconns == 0) w->loop.stop = 1;
 }

@@ -1,0 +1,875 @@
+/* config.c - keel_config from defaults, YAML, KEEL_* variables and key=value: one key table. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <yaml.h>
+
+#include "keel/keel.h"
+
+/*
+ * One table describes every key. Its dotted name gives the YAML nesting
+ * ("limits.body" is `limits:` / `body:`) and the environment variable
+ * (KEEL_LIMITS_BODY); its kind says how the text form is parsed; its field,
+ * range and default do the rest. Adding a key is one line here (plus docs).
+ */
+
+enum kind {
+  K_LISTEN,   /* "HOST:PORT" into a char array */
+  K_UINT,     /* plain decimal count into uint32_t/uint64_t */
+  K_SIZE,     /* bytes, or with KiB/MiB/GiB, into uint32_t/uint64_t */
+  K_DURATION, /* integer + ms|s|m|h, stored as milliseconds in uint32_t/uint64_t */
+  K_LEVEL,    /* debug|info|warn|error into keel_log_level */
+  K_SWITCH,   /* on|off|true|false into a double, 1.0 or 0.0 */
+  K_FRACTION, /* decimal fraction into a double */
+};
+
+#define KIB UINT64_C(1024)
+#define MIB (KIB * 1024)
+#define GIB (MIB * 1024)
+#define SEC UINT64_C(1000)
+#define MINUTE (SEC * 60)
+#define HOUR (MINUTE * 60)
+
+/* The offset and size of a keel_config field. */
+#define FIELD(f) offsetof(keel_config, f), sizeof(((keel_config *)0)->f)
+
+typedef struct key {
+  const char *name;  /* dotted name */
+  enum kind kind;    /* text form */
+  size_t off, size;  /* the field it sets */
+  uint64_t min, max; /* inclusive range in stored units (bytes, ms, count; 0..1 fractions) */
+  const char *def;   /* default, written as a user would write it */
+  const char *doc;   /* one-line meaning (docs/configuration.md says more) */
+} key;
+
+static const key keys[] = {
+    {"listen", K_LISTEN, FIELD(listen), 0, 0, "127.0.0.1:8080",
+     "HOST:PORT to listen on; port 0 picks a free port"},
+    {"workers", K_UINT, FIELD(workers), 0, 1024, "0", "worker threads; 0 = one per online CPU"},
+    {"max_connections", K_UINT, FIELD(max_connections), 1, 1000000, "10000",
+     "open client connections, all workers together"},
+    {"limits.request_line", K_SIZE, FIELD(request_line_max), 64, MIB, "8KiB",
+     "bytes in the request line (414 beyond)"},
+    {"limits.header_bytes", K_SIZE, FIELD(header_bytes_max), 256, MIB, "32KiB",
+     "bytes in the request head (431 beyond)"},
+    {"limits.header_count", K_UINT, FIELD(header_count_max), 1, 10000, "100",
+     "header fields per request (431 beyond)"},
+    {"limits.body", K_SIZE, FIELD(body_max), 0, GIB, "1MiB",
+     "bytes of request body after de-chunking (413 beyond)"},
+    {"timeouts.header", K_DURATION, FIELD(header_timeout_ms), 1, HOUR, "10s",
+     "time to receive a whole request head (408)"},
+    {"timeouts.body", K_DURATION, FIELD(body_timeout_ms), 1, HOUR, "30s",
+     "time between two reads of a request body (408)"},
+    {"timeouts.idle", K_DURATION, FIELD(idle_timeout_ms), 1, HOUR, "60s",
+     "keep-alive connection with no request in progress"},
+    {"timeouts.write", K_DURATION, FIELD(write_timeout_ms), 1, HOUR, "30s",
+     "time a pending response may make no progress"},
+    {"shutdown.drain_delay", K_DURATION, FIELD(drain_delay_ms), 0, 10 * MINUTE, "0s",
+     "after SIGTERM: keep serving (readyz 503) this long"},
+    {"shutdown.drain_timeout", K_DURATION, FIELD(drain_timeout_ms), 1, 10 * MINUTE, "10s",
+     "after the delay: time for in-flight requests to end"},
+    {"log.level", K_LEVEL, FIELD(log_level), KEEL_LOG_DEBUG, KEEL_LOG_ERROR, "info",
+     "least severe level written"},
+    {"log.access", K_SWITCH, FIELD(access_log_sample), 0, 1, "on",
+     "access log on (= log.access_sample 1) or off (= 0)"},
+    {"log.access_sample", K_FRACTION, FIELD(access_log_sample), 0, 1, "1",
+     "fraction of requests written to the access log"},
+    {"log.buffer", K_SIZE, FIELD(log_buffer_bytes), 4 * KIB, 64 * MIB, "1MiB",
+     "per-thread log ring; lines beyond it are dropped and counted"},
+};
+
+#define NKEYS (sizeof keys / sizeof keys[0])
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+/* A parsed value, before it is stored. */
+typedef struct val {
+  uint64_t u;    /* K_UINT, K_SIZE, K_DURATION (ms), K_LEVEL */
+  double d;      /* K_SWITCH, K_FRACTION */
+  const char *s; /* K_LISTEN: the validated text (not owned) */
+} val;
+
+__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen,
+                                                        const char *fmt, ...) {
+  if (!err || errlen == 0) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
+}
+
+static int find_key(const char *name) {
+  for (size_t i = 0; i < NKEYS; i++)
+    if (strcmp(keys[i].name, name) == 0) return (int)i;
+  return -1;
+}
+
+/* A section is a dotted prefix of some key ("limits"); returns the first such key, or -1. */
+static int find_section(const char *name) {
+  size_t n = strlen(name);
+  if (n == 0) return -1;
+  for (size_t i = 0; i < NKEYS; i++)
+    if (strncmp(keys[i].name, name, n) == 0 && keys[i].name[n] == '.') return (int)i;
+  return -1;
+}
+
+/* Two keys that set the same field (log.access, log.access_sample) conflict within one source. */
+static int find_conflict(size_t i, const bool *seen) {
+  for (size_t j = 0; j < NKEYS; j++)
+    if (j != i && seen[j] && keys[j].off == keys[i].off) return (int)j;
+  return -1;
+}
+
+/* "KEEL_" + upper(name with '.' -> '_'). */
+static void env_name(const key *k, char *buf, size_t n) {
+  int w = snprintf(buf, n, "KEEL_%s", k->name);
+  if (w < 0) return;
+  for (char *p = buf; *p; p++) {
+    if (*p == '.') *p = '_';
+    else if (*p >= 'a' && *p <= 'z') *p = (char)(*p - 'a' + 'A');
+  }
+}
+
+/* ---- text forms ---------------------------------------------------------- */
+
+/* Reads decimal digits from *s, advancing it; *v saturates and *ovf is set on overflow. */
+static size_t read_digits(const char **s, uint64_t *v, bool *ovf) {
+  size_t n = 0;
+  *v = 0;
+  *ovf = false;
+  for (const char *p = *s; *p >= '0' && *p <= '9'; p++, n++) {
+    unsigned d = (unsigned)(*p - '0');
+    if (*v > (UINT64_MAX - d) / 10) *ovf = true;
+    else *v = *v * 10 + d;
+  }
+  *s += n;
+  return n;
+}
+
+static void fmt_size(uint64_t v, char *buf, size_t n) {
+  if (v != 0 && v % GIB == 0) snprintf(buf, n, "%" PRIu64 "GiB", v / GIB);
+  else if (v != 0 && v % MIB == 0) snprintf(buf, n, "%" PRIu64 "MiB", v / MIB);
+  else if (v != 0 && v % KIB == 0) snprintf(buf, n, "%" PRIu64 "KiB", v / KIB);
+  else snprintf(buf, n, "%" PRIu64, v);
+}
+
+static void fmt_ms(uint64_t v, char *buf, size_t n) {
+  if (v == 0) snprintf(buf, n, "0");
+  else if (v % HOUR == 0) snprintf(buf, n, "%" PRIu64 "h", v / HOUR);
+  else if (v % MINUTE == 0) snprintf(buf, n, "%" PRIu64 "m", v / MINUTE);
+  else if (v % SEC == 0) snprintf(buf, n, "%" PRIu64 "s", v / SEC);
+  else snprintf(buf, n, "%" PRIu64 "ms", v);
+}
+
+/* A stored number in the key's own text form, for messages. */
+static void fmt_value(const key *k, uint64_t v, char *buf, size_t n) {
+  if (k->kind == K_SIZE) fmt_size(v, buf, n);
+  else if (k->kind == K_DURATION) fmt_ms(v, buf, n);
+  else snprintf(buf, n, "%" PRIu64, v);
+}
+
+static int range_error(const key *k, const char *shown, char *msg, size_t n) {
+  char lo[32], hi[32];
+  fmt_value(k, k->min, lo, sizeof lo);
+  fmt_value(k, k->max, hi, sizeof hi);
+  seterr(msg, n, "%s is out of range %s..%s", shown, lo, hi);
+  return -EINVAL;
+}
+
+static bool is_hostname(const char *h, size_t n) {
+  if (n == 0 || n > 253) return false;
+  size_t label = 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = h[i];
+    if (c == '.') {
+      if (label == 0 || h[i - 1] == '-') return false;
+      label = 0;
+      continue;
+    }
+    bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    if (!alnum && !(c == '-' && label > 0)) return false;
+    if (++label > 63) return false;
+  }
+  return label > 0 && h[n - 1] != '-';
+}
+
+static int parse_listen(const char *s, char *msg, size_t n) {
+  static const char eg[] = "(e.g. 127.0.0.1:8080, [::1]:8080, localhost:8080)";
+  size_t len = strlen(s);
+  if (len >= sizeof(((keel_config *)0)->listen)) {
+    seterr(msg, n, "'%s' is too long (at most %zu bytes)", s,
+           sizeof(((keel_config *)0)->listen) - 1);
+    return -EINVAL;
+  }
+  const char *host, *port;
+  size_t hlen;
+  char addr[sizeof(((keel_config *)0)->listen)];
+  if (s[0] == '[') {
+    const char *close = strchr(s, ']');
+    if (!close || close[1] != ':') {
+      seterr(msg, n, "'%s' is not [IPV6]:PORT %s", s, eg);
+      return -EINVAL;
+    }
+    host = s + 1;
+    hlen = (size_t)(close - host);
+    port = close + 2;
+    struct in6_addr a6;
+    memcpy(addr, host, hlen);
+    addr[hlen] = '\0';
+    if (inet_pton(AF_INET6, addr, &a6) != 1) {
+      seterr(msg, n, "'%s': '%s' is not an IPv6 address", s, addr);
+      return -EINVAL;
+    }
+  } else {
+    const char *colon = strrchr(s, ':');
+    if (!colon) {
+      seterr(msg, n, "'%s' is not HOST:PORT %s", s, eg);
+      return -EINVAL;
+    }
+    host = s;
+    hlen = (size_t)(colon - s);
+    port = colon + 1;
+    if (memchr(host, ':', hlen)) {
+      seterr(msg, n, "'%s': an IPv6 address needs brackets, e.g. [::1]:8080", s);
+      return -EINVAL;
+    }
+    if (hlen == 0) {
+      seterr(msg, n, "'%s' has no host (use 0.0.0.0 or [::] for every interface)", s);
+      return -EINVAL;
+    }
+    memcpy(addr, host, hlen);
+    addr[hlen] = '\0';
+    if (strspn(addr, "0123456789.") == hlen) {
+      struct in_addr a4;
+      if (inet_pton(AF_INET, addr, &a4) != 1) {
+        seterr(msg, n, "'%s': '%s' is not an IPv4 address", s, addr);
+        return -EINVAL;
+      }
+    } else if (!is_hostname(addr, hlen)) {
+      seterr(msg, n, "'%s': '%s' is not a valid host name", s, addr);
+      return -EINVAL;
+    }
+  }
+  const char *p = port;
+  uint64_t v;
+  bool ovf;
+  size_t nd = read_digits(&p, &v, &ovf);
+  if (nd == 0 || *p != '\0' || ovf || v > 65535) {
+    seterr(msg, n, "'%s': port must be a number in 0..65535", s);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+static int parse_uint(const key *k, const char *s, uint64_t *out, char *msg, size_t n) {
+  const char *p = s;
+  bool ovf;
+  size_t nd = read_digits(&p, out, &ovf);
+  if (nd == 0 || *p != '\0') {
+    seterr(msg, n, "'%s' is not a number (use plain digits)", s);
+    return -EINVAL;
+  }
+  if (ovf || *out < k->min || *out > k->max) return range_error(k, s, msg, n);
+  return 0;
+}
+
+static int parse_size(const key *k, const char *s, uint64_t *out, char *msg, size_t n) {
+  static const struct {
+    const char *suffix;
+    uint64_t mult;
+  } units[] = {{"", 1}, {"KiB", KIB}, {"MiB", MIB}, {"GiB", GIB}};
+  const char *p = s;
+  uint64_t v;
+  bool ovf;
+  size_t nd = read_digits(&p, &v, &ovf);
+  for (size_t i = 0; nd > 0 && i < sizeof units / sizeof units[0]; i++) {
+    if (strcmp(p, units[i].suffix) != 0) continue;
+    if (ovf || v > UINT64_MAX / units[i].mult) return range_error(k, s, msg, n);
+    *out = v * units[i].mult;
+    if (*out < k->min || *out > k->max) return range_error(k, s, msg, n);
+    return 0;
+  }
+  seterr(msg, n, "'%s' is not a size (use bytes, or KiB, MiB or GiB: e.g. 65536, 64KiB, 1MiB)",
+         s);
+  return -EINVAL;
+}
+
+static int parse_duration(const key *k, const char *s, uint64_t *out, char *msg, size_t n) {
+  static const struct {
+    const char *suffix;
+    uint64_t mult;
+  } units[] = {{"ms", 1}, {"s", SEC}, {"m", MINUTE}, {"h", HOUR}};
+  const char *p = s;
+  uint64_t v;
+  bool ovf;
+  size_t nd = read_digits(&p, &v, &ovf);
+  if (nd > 0 && *p == '\0') {
+    if (ovf || v != 0) {
+      seterr(msg, n, "'%s' needs a unit: ms, s, m or h", s);
+      return -EINVAL;
+    }
+    *out = 0;
+    if (k->min > 0) return range_error(k, s, msg, n);
+    return 0;
+  }
+  for (size_t i = 0; nd > 0 && i < sizeof units / sizeof units[0]; i++) {
+    if (strcmp(p, units[i].suffix) != 0) continue;
+    if (ovf || v > UINT64_MAX / units[i].mult) return range_error(k, s, msg, n);
+    *out = v * units[i].mult;
+    if (*out < k->min || *out > k->max) return range_error(k, s, msg, n);
+    return 0;
+  }
+  seterr(msg, n, "'%s' is not a duration (use e.g. 250ms, 10s, 2m)", s);
+  return -EINVAL;
+}
+
+/* DIGITS [ '.' DIGITS ], in k->min..k->max; no sign, exponent, or locale. */
+static int parse_fraction(const key *k, const char *s, double *out, char *msg, size_t n) {
+  const char *p = s;
+  uint64_t ip, fm = 0, scale = 1;
+  bool ovf, nonzero = false;
+  size_t nd = read_digits(&p, &ip, &ovf);
+  bool ok = nd > 0;
+  if (ok && *p == '.') {
+    p++;
+    size_t nf = 0;
+    for (; *p >= '0' && *p <= '9'; p++, nf++) {
+      if (*p != '0') nonzero = true;
+      if (nf < 18) { /* 10^18 fits; further digits do not change a double */
+        fm = fm * 10 + (uint64_t)(*p - '0');
+        scale *= 10;
+      }
+    }
+    ok = nf > 0;
+  }
+  if (!ok || *p != '\0') {
+    seterr(msg, n, "'%s' is not a fraction (use e.g. 0, 0.25, 1)", s);
+    return -EINVAL;
+  }
+  double lo = (double)k->min, hi = (double)k->max;
+  /* compare exactly on the integer part where it decides */
+  if (ovf || ip > k->max || (ip == k->max && nonzero) || ip < k->min) {
+    seterr(msg, n, "%s is out of range %g..%g", s, lo, hi);
+    return -EINVAL;
+  }
+  *out = (double)ip + (double)fm / (double)scale;
+  return 0;
+}
+
+static int parse_word(const char *s, const char *const *words, size_t nwords, const char *what,
+                      char *msg, size_t n) {
+  for (size_t i = 0; i < nwords; i++)
+    if (strcasecmp(s, words[i]) == 0) return (int)i;
+  seterr(msg, n, "'%s' is not one of %s", s, what);
+  return -EINVAL;
+}
+
+/* Parses and range-checks `s` for key `k`; on error writes the message (without the key). */
+static int parse_value(const key *k, const char *s, val *v, char *msg, size_t n) {
+  static const char *const switches[] = {"off", "on", "false", "true"};
+  memset(v, 0, sizeof *v);
+  if (s[0] == '\0') {
+    seterr(msg, n, "empty value");
+    return -EINVAL;
+  }
+  int rc;
+  switch (k->kind) {
+  case K_LISTEN:
+    v->s = s;
+    return parse_listen(s, msg, n);
+  case K_UINT:
+    return parse_uint(k, s, &v->u, msg, n);
+  case K_SIZE:
+    return parse_size(k, s, &v->u, msg, n);
+  case K_DURATION:
+    return parse_duration(k, s, &v->u, msg, n);
+  case K_LEVEL:
+    rc = parse_word(s, level_names, sizeof level_names / sizeof level_names[0],
+                    "debug, info, warn, error", msg, n);
+    if (rc < 0) return rc;
+    v->u = (uint64_t)rc;
+    return 0;
+  case K_SWITCH:
+    rc = parse_word(s, switches, sizeof switches / sizeof switches[0], "on, off, true, false", msg,
+                    n);
+    if (rc < 0) return rc;
+    v->d = (rc & 1) ? 1.0 : 0.0;
+    return 0;
+  case K_FRACTION:
+    return parse_fraction(k, s, &v->d, msg, n);
+  }
+  seterr(msg, n, "internal error: unknown kind");
+  return -EINVAL;
+}
+
+static void store(keel_config *cfg, const key *k, const val *v) {
+  unsigned char *p = (unsigned char *)cfg + k->off;
+  switch (k->kind) {
+  case K_LISTEN: {
+    size_t len = strlen(v->s); /* < k->size: parse_listen checked */
+    memset(p, 0, k->size);
+    memcpy(p, v->s, len);
+    break;
+  }
+  case K_UINT:
+  case K_SIZE:
+  case K_DURATION:
+    if (k->size == sizeof(uint32_t)) {
+      uint32_t x = (uint32_t)v->u; /* range max fits: the table is checked by tests */
+      memcpy(p, &x, sizeof x);
+    } else {
+      memcpy(p, &v->u, sizeof v->u);
+    }
+    break;
+  case K_LEVEL: {
+    keel_log_level lv = (keel_log_level)v->u;
+    memcpy(p, &lv, sizeof lv);
+    break;
+  }
+  case K_SWITCH:
+  case K_FRACTION:
+    memcpy(p, &v->d, sizeof v->d);
+    break;
+  }
+}
+
+/* ---- public API: init, set, env, validate -------------------------------- */
+
+void keel_config_init(keel_config *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  for (size_t i = 0; i < NKEYS; i++) {
+    val v;
+    char msg[8];
+    if (keys[i].def && parse_value(&keys[i], keys[i].def, &v, msg, sizeof msg) == 0)
+      store(cfg, &keys[i], &v);
+  }
+}
+
+int keel_config_set(keel_config *cfg, const char *name, const char *value, char *err,
+                    size_t errlen) {
+  int i = name ? find_key(name) : -1;
+  if (i < 0) {
+    seterr(err, errlen, "unknown key '%s'", name ? name : "");
+    return -EINVAL;
+  }
+  if (!cfg || !value) {
+    seterr(err, errlen, "%s: no value", name);
+    return -EINVAL;
+  }
+  val v;
+  char msg[512];
+  if (parse_value(&keys[i], value, &v, msg, sizeof msg) != 0) {
+    seterr(err, errlen, "%s: %s", name, msg);
+    return -EINVAL;
+  }
+  store(cfg, &keys[i], &v);
+  return 0;
+}
+
+int keel_config_apply_env(keel_config *cfg, char *err, size_t errlen) {
+  if (!cfg) {
+    seterr(err, errlen, "no config");
+    return -EINVAL;
+  }
+  keel_config tmp = *cfg;
+  bool seen[NKEYS] = {false};
+  /* In table order rather than environ order, so errors and conflicts are deterministic. */
+  for (size_t i = 0; i < NKEYS; i++) {
+    char var[96];
+    env_name(&keys[i], var, sizeof var);
+    const char *s = getenv(var);
+    if (!s) continue;
+    int j = find_conflict(i, seen);
+    if (j >= 0) {
+      char other[96];
+      env_name(&keys[j], other, sizeof other);
+      seterr(err, errlen, "%s: conflicts with %s (set only one)", var, other);
+      return -EINVAL;
+    }
+    val v;
+    char msg[512];
+    if (parse_value(&keys[i], s, &v, msg, sizeof msg) != 0) {
+      seterr(err, errlen, "%s: %s", var, msg);
+      return -EINVAL;
+    }
+    store(&tmp, &keys[i], &v);
+    seen[i] = true;
+  }
+  *cfg = tmp;
+  return 0;
+}
+
+int keel_config_validate(const keel_config *cfg, char *err, size_t errlen) {
+  if (!cfg) {
+    seterr(err, errlen, "no config");
+    return -EINVAL;
+  }
+  char msg[512];
+  for (size_t i = 0; i < NKEYS; i++) {
+    const key *k = &keys[i];
+    const unsigned char *p = (const unsigned char *)cfg + k->off;
+    switch (k->kind) {
+    case K_LISTEN:
+      if (!memchr(p, '\0', k->size)) {
+        seterr(err, errlen, "%s: not NUL-terminated", k->name);
+        return -EINVAL;
+      }
+      if (parse_listen((const char *)p, msg, sizeof msg) != 0) {
+        seterr(err, errlen, "%s: %s", k->name, msg);
+        return -EINVAL;
+      }
+      break;
+    case K_UINT:
+    case K_SIZE:
+    case K_DURATION: {
+      uint64_t u;
+      if (k->size == sizeof(uint32_t)) {
+        uint32_t x;
+        memcpy(&x, p, sizeof x);
+        u = x;
+      } else {
+        memcpy(&u, p, sizeof u);
+      }
+      if (u < k->min || u > k->max) {
+        char shown[32];
+        fmt_value(k, u, shown, sizeof shown);
+        range_error(k, shown, msg, sizeof msg);
+        seterr(err, errlen, "%s: %s", k->name, msg);
+        return -EINVAL;
+      }
+      break;
+    }
+    case K_LEVEL: {
+      keel_log_level lv;
+      memcpy(&lv, p, sizeof lv);
+      if ((int)lv < (int)k->min || (int)lv > (int)k->max) {
+        seterr(err, errlen, "%s: %d is not one of debug, info, warn, error", k->name, (int)lv);
+        return -EINVAL;
+      }
+      break;
+    }
+    case K_SWITCH: /* shares its field with a K_FRACTION key, which checks it */
+      break;
+    case K_FRACTION: {
+      double d;
+      memcpy(&d, p, sizeof d);
+      if (!(d >= (double)k->min && d <= (double)k->max)) {
+        seterr(err, errlen, "%s: %g is out of range %g..%g", k->name, d, (double)k->min,
+               (double)k->max);
+        return -EINVAL;
+      }
+      break;
+    }
+    }
+  }
+  if (cfg->request_line_max > cfg->header_bytes_max) {
+    char a[32], b[32];
+    fmt_size(cfg->request_line_max, a, sizeof a);
+    fmt_size(cfg->header_bytes_max, b, sizeof b);
+    seterr(err, errlen, "limits.request_line (%s) must not exceed limits.header_bytes (%s)", a, b);
+    return -EINVAL;
+  }
+  if (cfg->workers > cfg->max_connections) {
+    seterr(err, errlen, "workers (%" PRIu32 ") must not exceed max_connections (%" PRIu32 ")",
+           cfg->workers, cfg->max_connections);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+/* ---- YAML ---------------------------------------------------------------- */
+
+/*
+ * The file is read into memory (at most MAX_FILE bytes) and parsed twice from
+ * there. First libyaml's event API checks the syntax of the whole stream and
+ * refuses deep nesting (libyaml's scanner is quadratic in the nesting depth),
+ * so a syntax error anywhere is reported before any complaint about a value.
+ * Then the document API builds the node tree and it is walked against the key
+ * table. Aliases resolve to the node they name, as YAML says.
+ */
+
+#define MAX_FILE (1024 * 1024) /* a configuration file is a few KiB */
+#define MAX_DEPTH 32           /* deeper than any key needs, shallow enough to parse fast */
+
+typedef struct loader {
+  const char *path;
+  const unsigned char *text; /* the whole file */
+  size_t len;
+  yaml_document_t *doc;
+  keel_config *cfg; /* a copy, committed by the caller on success */
+  char *err;
+  size_t errlen;
+  bool seen[NKEYS];     /* keys set by this file */
+  bool seen_sec[NKEYS]; /* sections opened, indexed by their first key */
+} loader;
+
+/* "FILE:LINE: message"; `line0` is a 0-based libyaml mark line. */
+__attribute__((format(printf, 3, 4))) static int yerr(loader *L, size_t line0, const char *fmt,
+                                                     ...) {
+  if (!L->err || L->errlen == 0) return -EINVAL;
+  int w = snprintf(L->err, L->errlen, "%s:%zu: ", L->path, line0 + 1);
+  if (w >= 0 && (size_t)w < L->errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(L->err + w, L->errlen - (size_t)w, fmt, ap);
+    va_end(ap);
+  }
+  return -EINVAL;
+}
+
+/* The 0-based line of byte `offset` (libyaml's reader errors carry only an offset). */
+static size_t line_of_offset(const loader *L, size_t offset) {
+  size_t line = 0;
+  for (size_t i = 0; i < offset && i < L->len; i++)
+    if (L->text[i] == '\n') line++;
+  return line;
+}
+
+static int parse_failure(loader *L, const yaml_parser_t *p) {
+  const char *problem = p->problem ? p->problem : "malformed YAML";
+  switch (p->error) {
+  case YAML_MEMORY_ERROR:
+    seterr(L->err, L->errlen, "%s: out of memory", L->path);
+    return -ENOMEM;
+  case YAML_READER_ERROR:
+    return yerr(L, line_of_offset(L, p->problem_offset), "syntax error: %s", problem);
+  default:
+    if (p->context && p->context_mark.line != p->problem_mark.line)
+      return yerr(L, p->problem_mark.line, "syntax error: %s (%s on line %zu)", problem,
+                  p->context, p->context_mark.line + 1);
+    return yerr(L, p->problem_mark.line, "syntax error: %s", problem);
+  }
+}
+
+/* A plain empty, "~" or "null" scalar: YAML's null, as in `limits:` with nothing under it. */
+static bool is_null(const yaml_node_t *n) {
+  if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return false;
+  const char *s = (const char *)n->data.scalar.value;
+  return n->data.scalar.length == 0 || strcmp(s, "~") == 0 || strcmp(s, "null") == 0 ||
+         strcmp(s, "Null") == 0 || strcmp(s, "NULL") == 0;
+}
+
+static const char *what_node(const yaml_node_t *n) {
+  switch (n->type) {
+  case YAML_MAPPING_NODE:
+    return "a mapping";
+  case YAML_SEQUENCE_NODE:
+    return "a list";
+  default:
+    return "a value";
+  }
+}
+
+static int load_mapping(loader *L, const yaml_node_t *map, const char *prefix);
+
+static int load_key(loader *L, const char *name, int i, const yaml_node_t *vn) {
+  size_t line = vn->start_mark.line;
+  if (vn->type != YAML_SCALAR_NODE)
+    return yerr(L, line, "%s: expected a single value, not %s", name, what_node(vn));
+  const char *s = (const char *)vn->data.scalar.value;
+  if (strlen(s) != vn->data.scalar.length)
+    return yerr(L, line, "%s: the value contains a NUL byte", name);
+  val v;
+  char msg[512];
+  if (parse_value(&keys[i], s, &v, msg, sizeof msg) != 0) return yerr(L, line, "%s: %s", name, msg);
+  store(L->cfg, &keys[i], &v);
+  L->seen[i] = true;
+  return 0;
+}
+
+static int load_section(loader *L, const char *name, int first, const yaml_node_t *vn) {
+  if (vn->type == YAML_MAPPING_NODE) return load_mapping(L, vn, name);
+  if (is_null(vn)) return 0;
+  const key *k = &keys[first];
+  return yerr(L, vn->start_mark.line, "%s: expected a mapping of keys, e.g. %s: {%s: %s}", name,
+              name, k->name + strlen(name) + 1, k->def ? k->def : "...");
+}
+
+static int load_mapping(loader *L, const yaml_node_t *map, const char *prefix) {
+  for (const yaml_node_pair_t *pr = map->data.mapping.pairs.start;
+       pr < map->data.mapping.pairs.top; pr++) {
+    const yaml_node_t *kn = yaml_document_get_node(L->doc, pr->key);
+    const yaml_node_t *vn = yaml_document_get_node(L->doc, pr->value);
+    if (!kn || !vn) return yerr(L, map->start_mark.line, "malformed mapping");
+    size_t line = kn->start_mark.line;
+    if (kn->type != YAML_SCALAR_NODE)
+      return yerr(L, line, "expected a key name, not %s", what_node(kn));
+    char name[160];
+    const char *k = (const char *)kn->data.scalar.value;
+    bool bad = strlen(k) != kn->data.scalar.length || kn->data.scalar.length > 100;
+    snprintf(name, sizeof name, "%s%s%.100s", prefix, prefix[0] ? "." : "", k);
+
+    int i = bad ? -1 : find_key(name);
+    int sec = (bad || i >= 0) ? -1 : find_section(name);
+    int rc;
+    if (i >= 0) {
+      if (L->seen[i]) return yerr(L, line, "duplicate key '%s'", name);
+      int j = find_conflict((size_t)i, L->seen);
+      if (j >= 0)
+        return yerr(L, line, "%s: conflicts with %s (set only one)", name, keys[j].name);
+      rc = load_key(L, name, i, vn);
+    } else if (sec >= 0) {
+      if (L->seen_sec[sec]) return yerr(L, line, "duplicate key '%s'", name);
+      L->seen_sec[sec] = true;
+      rc = load_section(L, name, sec, vn);
+    } else {
+      return yerr(L, line, "unknown key '%s%s'", name, bad ? "..." : "");
+    }
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* Pass 1: the syntax of the whole stream, nesting depth, and at most one document. */
+static int check_stream(loader *L) {
+  yaml_parser_t p;
+  if (!yaml_parser_initialize(&p)) {
+    seterr(L->err, L->errlen, "%s: out of memory", L->path);
+    return -ENOMEM;
+  }
+  yaml_parser_set_input_string(&p, L->text, L->len);
+  int rc = 0, docs = 0, depth = 0;
+  for (bool end = false; !end && rc == 0;) {
+    yaml_event_t ev;
+    if (!yaml_parser_parse(&p, &ev)) {
+      rc = parse_failure(L, &p);
+      break;
+    }
+    switch (ev.type) {
+    case YAML_STREAM_END_EVENT:
+      end = true;
+      break;
+    case YAML_DOCUMENT_START_EVENT:
+      if (++docs > 1) rc = yerr(L, ev.start_mark.line, "only one YAML document is allowed");
+      break;
+    case YAML_MAPPING_START_EVENT:
+    case YAML_SEQUENCE_START_EVENT:
+      if (++depth > MAX_DEPTH)
+        rc = yerr(L, ev.start_mark.line, "nested more than %d levels deep", MAX_DEPTH);
+      break;
+    case YAML_MAPPING_END_EVENT:
+    case YAML_SEQUENCE_END_EVENT:
+      depth--;
+      break;
+    default:
+      break;
+    }
+    yaml_event_delete(&ev);
+  }
+  yaml_parser_delete(&p);
+  return rc;
+}
+
+/* Pass 2: builds the node tree and applies its mapping to L->cfg. */
+static int apply_stream(loader *L) {
+  yaml_parser_t p;
+  yaml_document_t doc;
+  if (!yaml_parser_initialize(&p)) {
+    seterr(L->err, L->errlen, "%s: out of memory", L->path);
+    return -ENOMEM;
+  }
+  yaml_parser_set_input_string(&p, L->text, L->len);
+  int rc = 0;
+  if (!yaml_parser_load(&p, &doc)) {
+    rc = parse_failure(L, &p); /* only out of memory, after check_stream */
+    yaml_parser_delete(&p);
+    return rc;
+  }
+  L->doc = &doc;
+  const yaml_node_t *root = yaml_document_get_root_node(&doc);
+  if (!root) /* an empty stream */
+    rc = 0;
+  else if (root->type == YAML_MAPPING_NODE)
+    rc = load_mapping(L, root, "");
+  else if (!is_null(root)) /* "---" alone is an empty document */
+    rc = yerr(L, root->start_mark.line, "expected a mapping at the top level");
+  L->doc = NULL;
+  yaml_document_delete(&doc);
+  yaml_parser_delete(&p);
+  return rc;
+}
+
+/* Reads all of `f` into a new buffer of at most MAX_FILE bytes. */
+static int read_all(FILE *f, const char *path, unsigned char **out, size_t *outlen, char *err,
+                    size_t errlen) {
+  size_t cap = 4096, len = 0;
+  unsigned char *buf = malloc(cap);
+  for (;;) {
+    if (!buf) {
+      seterr(err, errlen, "%s: out of memory", path);
+      return -ENOMEM;
+    }
+    len += fread(buf + len, 1, cap - len, f);
+    if (ferror(f)) {
+      int e = errno ? errno : EIO;
+      free(buf);
+      seterr(err, errlen, "%s: %s", path, strerror(e));
+      return -e;
+    }
+    if (len > MAX_FILE) {
+      char max[32];
+      fmt_size(MAX_FILE, max, sizeof max);
+      free(buf);
+      seterr(err, errlen, "%s: larger than %s, too large for a configuration file", path, max);
+      return -EFBIG;
+    }
+    if (feof(f)) break;
+    if (len == cap) {
+      cap *= 2; /* up to MAX_FILE + a bit: enough to see that it is too large */
+      unsigned char *nb = realloc(buf, cap);
+      if (!nb) free(buf);
+      buf = nb;
+    }
+  }
+  *out = buf;
+  *outlen = len;
+  return 0;
+}
+
+int keel_config_load_file(keel_config *cfg, const char *path, char *err, size_t errlen) {
+  if (!cfg || !path) {
+    seterr(err, errlen, "no config or path");
+    return -EINVAL;
+  }
+  FILE *f = fopen(path, "rbe");
+  if (!f) {
+    int e = errno;
+    seterr(err, errlen, "%s: %s", path, strerror(e));
+    return -e;
+  }
+  struct stat st;
+  if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+    fclose(f);
+    seterr(err, errlen, "%s: %s", path, strerror(EISDIR));
+    return -EISDIR;
+  }
+  unsigned char *text;
+  size_t len;
+  int rc = read_all(f, path, &text, &len, err, errlen);
+  fclose(f);
+  if (rc) return rc;
+
+  keel_config tmp = *cfg;
+  loader L;
+  memset(&L, 0, sizeof L);
+  L.path = path;
+  L.text = text;
+  L.len = len;
+  L.cfg = &tmp;
+  L.err = err;
+  L.errlen = errlen;
+  rc = check_stream(&L);
+  if (rc == 0) rc = apply_stream(&L);
+  free(text);
+  if (rc == 0) *cfg = tmp;
+  return rc;
+}
