@@ -501,6 +501,8 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
   kl_arena_reset(&w->arena);
   if (!conn_keeps(c)) c->closing = 1;
   c->in_start += req_end;
+  c->in_request = 0;
+  conn_deadline(c, w->srv->cfg.idle_timeout_ms);
   c->state = KL_CONN_HEAD;
   c->scanned = 0;
   c->sent_continue = 0;
@@ -527,12 +529,14 @@ static void conn_process(kl_conn *c) {
       }
       if (avail == 0) {
         c->in_start = c->in.len = 0;
-        conn_deadline(c, c->gen ? cfg->idle_timeout_ms : cfg->header_timeout_ms);
         return;
       }
-      if (c->scanned == 0) {
+      if (!c->in_request) {
+        /* First byte of a request: the header deadline runs from here (from accept for the
+         * first request) and a trickle of further bytes never extends it. */
+        c->in_request = 1;
         c->req_start = kl_now_us();
-        conn_deadline(c, cfg->header_timeout_ms);
+        if (c->gen) conn_deadline(c, cfg->header_timeout_ms);
       }
       kl_http_error err;
       int rc = kl_http_parse_head(base, avail, &c->scanned, &w->limits, w->hdrs, &c->head, &err);
@@ -701,14 +705,16 @@ static void conn_timer_cb(kl_timer *t) {
 
 /* ---- accept ------------------------------------------------------------- */
 
-static void refuse(int fd) {
-  static const char busy[] =
-      "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\n"
-      "Content-Length: 46\r\nConnection: close\r\n\r\n"
-      "{\"error\":\"too many connections\",\"retry\":true}";
-  char sink[4096];
+static void refuse(kl_worker *w, int fd) {
+  static const char body[] = "{\"error\":\"too many connections\",\"retry\":true}";
+  char msg[320], sink[4096];
+  int n = snprintf(msg, sizeof(msg),
+                   "HTTP/1.1 503 Service Unavailable\r\nDate: %s\r\nRetry-After: 1\r\n"
+                   "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+                   "Connection: close\r\n\r\n%s",
+                   w->loop.date, sizeof(body) - 1, body);
   ssize_t ignored = read(fd, sink, sizeof(sink)); /* fewer RSTs: take what already arrived */
-  ignored = write(fd, busy, sizeof(busy) - 1);
+  ignored = write(fd, msg, (size_t)n);
   (void)ignored;
   shutdown(fd, SHUT_WR);
   close(fd);
@@ -760,12 +766,12 @@ void kl_conn_accept(kl_loop *loop, kl_io *io, uint32_t events) {
       return;
     }
     if (w->nconns >= w->max_conns) {
-      refuse(fd);
+      refuse(w, fd);
       continue;
     }
     kl_conn *c = conn_new(w);
     if (!c) {
-      refuse(fd);
+      refuse(w, fd);
       continue;
     }
     int one = 1;

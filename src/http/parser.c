@@ -186,10 +186,14 @@ static int parse_complete(const char *buf, size_t head_len, const kl_http_limits
   p++;
   const char *v = buf + p;
   /* Byte by byte: the line's CR stops the comparison before it can run past the head. */
-  for (int i = 0; i < 5; i++)
-    if (v[i] != "HTTP/"[i]) return fail(err, 400, "invalid HTTP version", p);
-  if (v[5] < '0' || v[5] > '9' || v[6] != '.' || v[7] < '0' || v[7] > '9' || v[8] != '\r')
+  int bad = 0;
+  for (int i = 0; i < 5 && !bad; i++) bad = v[i] != "HTTP/"[i];
+  if (bad || v[5] < '0' || v[5] > '9' || v[6] != '.' || v[7] < '0' || v[7] > '9' || v[8] != '\r') {
+    /* "GET /a b HTTP/1.1": the space belongs to the target, not to the version. */
+    for (size_t q = p; buf[q] != '\r'; q++)
+      if (buf[q] == ' ') return fail(err, 400, "invalid character in request target", p - 1);
     return fail(err, 400, "invalid HTTP version", p);
+  }
   if (v[5] != '1') return fail(err, 505, "HTTP version not supported", p);
   out->minor = v[7] == '0' ? 0 : 1;
   p += 10;
@@ -316,7 +320,7 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
       break;
     case CH_SIZE_MORE:
       if (IS(ch, C_HEX)) {
-        if (c->remaining >> 60) {
+        if (c->remaining >> 56) { /* one more digit would reach 2^60 */
           rc = fail(err, 400, "chunk size too large", r);
           break;
         }
@@ -326,6 +330,10 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
       }
       if (c->remaining > body_max - c->total) {
         rc = fail(err, 413, "request body too large", r);
+        break;
+      }
+      if (ch == '\n') {
+        rc = fail(err, 400, "line not terminated by CRLF", r);
         break;
       }
       if (ch == '\r') c->state = CH_SIZE_LF;
@@ -341,6 +349,10 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
       r++;
       break;
     case CH_EXT:
+      if (ch == '\n') {
+        rc = fail(err, 400, "line not terminated by CRLF", r);
+        break;
+      }
       if (ch == '\r') c->state = CH_SIZE_LF;
       else if (!IS(ch, C_VALUE)) {
         rc = fail(err, 400, "invalid character in chunk extension", r);
@@ -387,7 +399,7 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
         break;
       }
       if (!IS(ch, C_TCHAR)) {
-        rc = fail(err, 400, "invalid trailer field", r);
+        rc = fail(err, 400, ch == '\n' ? "line not terminated by CRLF" : "invalid trailer field", r);
         break;
       }
       c->state = CH_TRAILER_LINE;
@@ -395,7 +407,7 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
     case CH_TRAILER_LINE:
       if (ch == '\r') c->state = CH_TRAILER_LF;
       else if (!IS(ch, C_VALUE) && ch != ':') {
-        rc = fail(err, 400, "invalid trailer field", r);
+        rc = fail(err, 400, ch == '\n' ? "line not terminated by CRLF" : "invalid trailer field", r);
         break;
       }
       if (++c->trailers > trailer_max) {

@@ -54,6 +54,7 @@ struct kl_conn {
   uint8_t closed;       /* fd closed; waiting for the worker to recycle the struct */
   uint8_t reading;      /* EPOLLIN wanted (cleared while output backs up) */
   uint8_t sent_continue;
+  uint8_t in_request;   /* the current request's first byte has arrived */
   uint32_t gen;         /* requests started on this connection */
   uint64_t deadline;    /* ms; the timer may be armed earlier, see conn_timer_cb */
   uint64_t req_start;   /* us when the current request's first byte arrived */
