@@ -11,6 +11,12 @@
 #define KEEL_GIT "unknown"
 #endif
 
+#ifdef __OPTIMIZE__
+static const char build_kind[] = "optimized";
+#else
+static const char build_kind[] = "debug";
+#endif
+
 static const char usage[] =
     "usage: keel serve [-c FILE] [--listen HOST:PORT] [--workers N]\n"
     "       keel check-config -c FILE\n"
@@ -96,13 +102,7 @@ int main(int argc, char **argv) {
     *dst = argv[++i];
   }
   if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-    printf("keel %s (git %s, %s, %s build)\n", KEEL_VERSION, KEEL_GIT, __VERSION__,
-#ifdef __OPTIMIZE__
-           "optimized"
-#else
-           "debug"
-#endif
-    );
+    printf("keel %s (git %s, %s, %s build)\n", KEEL_VERSION, KEEL_GIT, __VERSION__, build_kind);
     return 0;
   }
   if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
