@@ -411,6 +411,28 @@ int keel_respond_end(keel_req *req, int status, const char *content_type, size_t
 
 /* ---- dispatch ----------------------------------------------------------- */
 
+/* Formats the peer address once per connection (glibc's inet_ntop costs a sprintf per call). */
+static void peer_format(kl_conn *c) {
+  if (c->peer.ss_family == AF_INET) {
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)(const void *)&c->peer;
+    const unsigned char *b = (const unsigned char *)&sin->sin_addr;
+    char *p = c->peer_text;
+    for (int i = 0; i < 4; i++) {
+      if (b[i] >= 100) *p++ = (char)('0' + b[i] / 100);
+      if (b[i] >= 10) *p++ = (char)('0' + b[i] / 10 % 10);
+      *p++ = (char)('0' + b[i] % 10);
+      *p++ = i < 3 ? '.' : '\0';
+    }
+    c->peer_port = ntohs(sin->sin_port);
+  } else if (c->peer.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)&c->peer;
+    inet_ntop(AF_INET6, &s6->sin6_addr, c->peer_text, sizeof(c->peer_text));
+    c->peer_port = ntohs(s6->sin6_port);
+  } else {
+    memcpy(c->peer_text, "unix", 5);
+  }
+}
+
 static void access_log(kl_conn *c, keel_req *req) {
   kl_worker *w = c->w;
   double sample = w->srv->cfg.access_log_sample;
@@ -428,20 +450,10 @@ static void access_log(kl_conn *c, keel_req *req) {
   kl_line_str(&l, "url.path", p.ptr, p.len);
   kl_line_int(&l, "http.response.status_code", req->status);
   kl_line_int(&l, "http.response.body.size", (int64_t)req->resp_body_len);
-  kl_line_double(&l, "duration_ms", (double)(kl_now_us() - c->req_start) / 1000.0);
-  char addr[INET6_ADDRSTRLEN] = "";
-  int port = 0;
-  if (c->peer.ss_family == AF_INET) {
-    const struct sockaddr_in *sin = (const struct sockaddr_in *)(const void *)&c->peer;
-    inet_ntop(AF_INET, &sin->sin_addr, addr, sizeof(addr));
-    port = ntohs(sin->sin_port);
-  } else if (c->peer.ss_family == AF_INET6) {
-    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)&c->peer;
-    inet_ntop(AF_INET6, &s6->sin6_addr, addr, sizeof(addr));
-    port = ntohs(s6->sin6_port);
-  }
-  kl_line_cstr(&l, "client.address", addr);
-  kl_line_int(&l, "client.port", port);
+  kl_line_fixed(&l, "duration_ms", (int64_t)(kl_now_us() - c->req_start), 3);
+  if (!c->peer_text[0]) peer_format(c);
+  kl_line_cstr(&l, "client.address", c->peer_text);
+  kl_line_int(&l, "client.port", c->peer_port);
   kl_line_end(&l, w->logq);
 }
 
@@ -778,6 +790,7 @@ void kl_conn_accept(kl_loop *loop, kl_io *io, uint32_t events) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->io.fd = fd;
     memcpy(&c->peer, &peer, sizeof(peer));
+    c->peer_text[0] = '\0';
     if (kl_io_start(loop, &c->io, EPOLLIN | EPOLLRDHUP) < 0) {
       close(fd);
       list_push(&w->free, c);

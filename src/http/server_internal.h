@@ -2,6 +2,7 @@
 #ifndef KEEL_HTTP_SERVER_INTERNAL_H
 #define KEEL_HTTP_SERVER_INTERNAL_H
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -71,6 +72,8 @@ struct kl_conn {
   uint32_t nsegs, seg_first;
   size_t lingered;
   struct sockaddr_storage peer;
+  char peer_text[INET6_ADDRSTRLEN]; /* formatted on first use; "" until then */
+  uint16_t peer_port;
   keel_req req;
 };
 

@@ -485,9 +485,19 @@ static size_t utf8_seq(const unsigned char *s, size_t n) {
   return len;
 }
 
-static bool plain_ascii(unsigned c) {
-  return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
-}
+/* 1 for the bytes JSON strings carry as they are: printable ASCII but '"' and '\\'. */
+static const unsigned char plain_tab[256] = {
+#define P4 1, 1, 1, 1
+#define P16 P4, P4, P4, P4
+    [0x20] = 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x22 '"' */
+    P16, P16,                                               /* 0x30-0x4f */
+    P4, P4, P4, 0, 1, 1, 1,                                 /* 0x5c '\\' */
+    P16, P16,                                               /* 0x60-0x7f */
+#undef P16
+#undef P4
+};
+
+static bool plain_ascii(unsigned c) { return plain_tab[c & 0xff]; }
 
 /*
  * JSON-escapes src[0, n) into dst, at most `cap` bytes, stopping before the
@@ -500,7 +510,7 @@ static size_t json_escape(char *dst, size_t cap, const char *src, size_t n, size
   while (i < n) {
     if (plain_ascii(s[i])) {
       size_t j = i + 1;
-      while (j < n && plain_ascii(s[j])) j++;
+      while (j < n && plain_tab[s[j]]) j++;
       size_t run = j - i;
       if (run > cap - w) run = cap - w;
       memcpy(dst + w, s + i, run);
@@ -676,6 +686,24 @@ void kl_line_int(kl_line *l, const char *key, int64_t v) {
   char tmp[24];
   char *e = tmp + sizeof tmp, *p = e;
   uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+  do {
+    *--p = (char)('0' + u % 10);
+    u /= 10;
+  } while (u);
+  if (v < 0) *--p = '-';
+  put_raw_field(l, key, p, (size_t)(e - p));
+}
+
+void kl_line_fixed(kl_line *l, const char *key, int64_t v, unsigned decimals) {
+  char tmp[32];
+  char *e = tmp + sizeof tmp, *p = e;
+  uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+  if (decimals > 18) decimals = 18;
+  for (unsigned i = 0; i < decimals; i++) {
+    *--p = (char)('0' + u % 10);
+    u /= 10;
+  }
+  if (decimals) *--p = '.';
   do {
     *--p = (char)('0' + u % 10);
     u /= 10;

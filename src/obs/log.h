@@ -59,6 +59,8 @@ void kl_line_str(kl_line *l, const char *key, const char *val, size_t vlen);
 void kl_line_cstr(kl_line *l, const char *key, const char *val);
 /** Adds "key":N. */
 void kl_line_int(kl_line *l, const char *key, int64_t v);
+/** Adds "key":N.DDD: `v` scaled by 10^decimals, e.g. (1234, 3) -> 1.234. No printf. */
+void kl_line_fixed(kl_line *l, const char *key, int64_t v, unsigned decimals);
 /** Adds "key":N with up to 6 significant decimals. */
 void kl_line_double(kl_line *l, const char *key, double v);
 /** Closes the line and pushes it on `q`. Returns 0, or -ENOBUFS when dropped. */

@@ -332,6 +332,28 @@ static void test_double(void **state) {
   assert_true(json_line_ok(l.buf, l.len));
 }
 
+static void test_fixed(void **state) {
+  (void)state;
+  static const struct {
+    int64_t v;
+    unsigned dec;
+    const char *text;
+  } cases[] = {
+      {1234, 3, "1.234"}, {5, 3, "0.005"}, {-1500, 3, "-1.500"}, {7, 0, "7"},
+      {0, 2, "0.00"},     {INT64_MIN, 0, "-9223372036854775808"},
+  };
+  kl_line l;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    kl_line_begin(&l, KEEL_LOG_INFO, "d");
+    kl_line_fixed(&l, "v", cases[i].v, cases[i].dec);
+    kl_line_end(&l, NULL);
+    char exp[64];
+    snprintf(exp, sizeof exp, ",\"v\":%s}\n", cases[i].text);
+    assert_memory_equal(l.buf + l.len - strlen(exp), exp, strlen(exp));
+    assert_true(json_line_ok(l.buf, l.len));
+  }
+}
+
 static void test_escaping(void **state) {
   (void)state;
   kl_line l;
@@ -810,6 +832,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_line_format),
       cmocka_unit_test(test_double),
+      cmocka_unit_test(test_fixed),
       cmocka_unit_test(test_escaping),
       cmocka_unit_test(test_truncation),
       cmocka_unit_test(test_new_free_enabled),
