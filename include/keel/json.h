@@ -26,7 +26,7 @@ typedef enum keel_json_type {
  * One value, in document order (pre-order). Scalars point into the source:
  * a number's `off`/`len` is its text; a string's is the text between the
  * quotes, escapes left as they are (see keel_json_unescape()). For arrays and
- * objects `len` is the number of elements (of members, for objects) and
+ * objects `off` is the opening bracket, `len` is the number of elements (of members, for objects) and
  * `next` is the index of the first node after the whole container. An object's
  * members are key (a STRING node) then value, pair after pair.
  */
@@ -56,7 +56,9 @@ typedef struct keel_json_error {
  * Parses `src` (exactly `len` bytes, one JSON text with optional surrounding
  * whitespace) into `nodes` (caller-owned, `cap` of them). Strict RFC 8259:
  * UTF-8 validated, number grammar, no trailing data, no duplicate-key check,
- * nesting deeper than `max_depth` (at most KEEL_JSON_DEPTH_LIMIT) refused.
+ * nesting deeper than `max_depth` refused (0: scalars only; values above
+ * KEEL_JSON_DEPTH_LIMIT count as that limit). Invalid input is always -EINVAL,
+ * whatever `cap` is.
  * Never allocates, never recurses. Returns the number of nodes used (> 0),
  * -EINVAL for invalid JSON, -ENOBUFS when `cap` nodes are too few, -E2BIG when
  * `len` is 4 GiB or more; `err` (may be NULL) is filled on every failure.
@@ -81,7 +83,9 @@ KEEL_API long keel_json_unescape(const char *raw, size_t len, char *out, size_t 
 
 /**
  * Writes `s` (`len` bytes of UTF-8) as a quoted JSON string with the needed
- * escapes into `out`. Returns the bytes the full result needs; writes at most
+ * escapes into `out` (short escapes for \n \r \t \b \f, \u00XX for other
+ * control characters, \ufffd for each invalid UTF-8 byte, so the result is
+ * always valid JSON). Returns the bytes the full result needs; writes at most
  * `cap` bytes (result is complete only when the return value <= cap).
  */
 KEEL_API size_t keel_json_quote(const char *s, size_t len, char *out, size_t cap);
