@@ -167,6 +167,13 @@ static int parse_target(const char *buf, kl_http_head *out, kl_http_error *err) 
   return 0;
 }
 
+/* "HTTP/d.d" then CR; stops at the first mismatch, so it never reads past a line's CR. */
+static int is_version(const char *v) {
+  for (int i = 0; i < 5; i++)
+    if (v[i] != "HTTP/"[i]) return 0;
+  return v[5] >= '0' && v[5] <= '9' && v[6] == '.' && v[7] >= '0' && v[7] <= '9' && v[8] == '\r';
+}
+
 /* Parses a complete head (it ends in an empty line at head_len). */
 static int parse_complete(const char *buf, size_t head_len, const kl_http_limits *limits,
                           kl_header *hdrs, kl_http_head *out, kl_http_error *err) {
@@ -186,14 +193,17 @@ static int parse_complete(const char *buf, size_t head_len, const kl_http_limits
   p++;
   const char *v = buf + p;
   /* Byte by byte: the line's CR stops the comparison before it can run past the head. */
-  int bad = 0;
-  for (int i = 0; i < 5 && !bad; i++) bad = v[i] != "HTTP/"[i];
-  if (bad || v[5] < '0' || v[5] > '9' || v[6] != '.' || v[7] < '0' || v[7] > '9' || v[8] != '\r') {
-    /* "GET /a b HTTP/1.1": the space belongs to the target, not to the version. */
-    for (size_t q = p; buf[q] != '\r'; q++)
-      if (buf[q] == ' ') return fail(err, 400, "invalid character in request target", p - 1);
+  if (!is_version(v)) {
+    /* "GET /a b HTTP/1.1": when a valid version follows the last space, the space before it
+     * belongs to the target. */
+    size_t last = 0;
+    for (size_t q = p; buf[q] != '\r' && buf[q] != '\n'; q++)
+      if (buf[q] == ' ') last = q;
+    if (last && is_version(buf + last + 1))
+      return fail(err, 400, "invalid character in request target", p - 1);
     return fail(err, 400, "invalid HTTP version", p);
   }
+  if (v[9] != '\n') return fail(err, 400, "bare CR in request line", p + 8);
   if (v[5] != '1') return fail(err, 505, "HTTP version not supported", p);
   out->minor = v[7] == '0' ? 0 : 1;
   p += 10;
@@ -202,7 +212,7 @@ static int parse_complete(const char *buf, size_t head_len, const kl_http_limits
   fields f;
   memset(&f, 0, sizeof(f));
   uint32_t nh = 0;
-  while (buf[p] != '\r') {
+  while (buf[p] != '\r' || buf[p + 1] != '\n') { /* a CR alone here is a bad name byte */
     size_t ns = p;
     while (IS(buf[p], C_TCHAR)) p++;
     if (buf[p] != ':' || p == ns) {
@@ -258,12 +268,13 @@ int kl_http_parse_head(const char *buf, size_t len, size_t *scanned, const kl_ht
     const char *nl = memchr(buf + pos, '\n', len - pos);
     if (!nl) break;
     size_t end = (size_t)(nl - buf); /* index of '\n' */
-    if (end == pos || buf[end - 1] != '\r')
-      return fail(err, 400, "line not terminated by CRLF", end);
-    if (pos == 0 && end - 1 > limits->request_line_max)
+    /* Limits first, so that the answer does not depend on how the bytes were split. */
+    if (pos == 0 && end > (size_t)limits->request_line_max + 1)
       return fail(err, 414, "request line too long", limits->request_line_max);
     if (end + 1 > limits->header_bytes_max)
       return fail(err, 431, "request header too large", limits->header_bytes_max);
+    if (end == pos || buf[end - 1] != '\r')
+      return fail(err, 400, "line not terminated by CRLF", end);
     if (pos > 0 && end == pos + 1) { /* empty line: the head is complete */
       *scanned = 0;
       return parse_complete(buf, end + 1, limits, hdrs, out, err);
@@ -288,6 +299,7 @@ enum {
   CH_DATA_CR,
   CH_DATA_LF,
   CH_TRAILER,
+  CH_TRAILER_NAME,
   CH_TRAILER_LINE,
   CH_TRAILER_LF,
   CH_END_LF,
@@ -402,11 +414,23 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
         rc = fail(err, 400, ch == '\n' ? "line not terminated by CRLF" : "invalid trailer field", r);
         break;
       }
-      c->state = CH_TRAILER_LINE;
+      c->state = CH_TRAILER_NAME;
+      break;
+    case CH_TRAILER_NAME:
+      if (ch == ':') c->state = CH_TRAILER_LINE;
+      else if (!IS(ch, C_TCHAR)) {
+        rc = fail(err, 400, ch == '\n' ? "line not terminated by CRLF" : "invalid trailer field", r);
+        break;
+      }
+      if (++c->trailers > trailer_max) {
+        rc = fail(err, 431, "trailer section too large", r);
+        break;
+      }
+      r++;
       break;
     case CH_TRAILER_LINE:
       if (ch == '\r') c->state = CH_TRAILER_LF;
-      else if (!IS(ch, C_VALUE) && ch != ':') {
+      else if (!IS(ch, C_VALUE)) {
         rc = fail(err, 400, ch == '\n' ? "line not terminated by CRLF" : "invalid trailer field", r);
         break;
       }
