@@ -128,7 +128,10 @@ static int field_semantics(const char *buf, const kl_header *h, kl_http_head *ou
     }
     break;
   case 17:
-    if (kl_http_name_eq(name, 17, "transfer-encoding")) each_token(v, h->value_len, te_token, f);
+    if (kl_http_name_eq(name, 17, "transfer-encoding")) {
+      f->te_seen = 1; /* even empty: a framing header nobody agrees on is refused */
+      each_token(v, h->value_len, te_token, f);
+    }
     break;
   default:
     break;

@@ -458,5 +458,16 @@ def test_valid_request_after_valid_chunked_is_answered():
         assert b.status == 404 and b.json()["path"] == "/smuggled", b
 
 
+def test_empty_transfer_encoding_refused():
+    """An empty Transfer-Encoding is still a framing header: with Content-Length it is refused,
+    alone it has no final chunked coding."""
+    run_cases([
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\nContent-Length: 2\r\n\r\n{}",
+         400, "both Content-Length and Transfer-Encoding"),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \r\n\r\n",
+         400, "chunked is not the final transfer coding"),
+    ])
+
+
 if __name__ == "__main__":
     Suite().run(globals())
