@@ -419,21 +419,11 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
       }
       c->state = CH_TRAILER_NAME;
       break;
-    case CH_TRAILER_NAME:
-      if (ch == ':') c->state = CH_TRAILER_LINE;
-      else if (!IS(ch, C_TCHAR)) {
-        rc = fail(err, 400, ch == '\n' ? "line not terminated by CRLF" : "invalid trailer field", r);
-        break;
-      }
-      if (++c->trailers > trailer_max) {
-        rc = fail(err, 431, "trailer section too large", r);
-        break;
-      }
-      r++;
-      break;
-    case CH_TRAILER_LINE:
-      if (ch == '\r') c->state = CH_TRAILER_LF;
-      else if (!IS(ch, C_VALUE)) {
+    case CH_TRAILER_NAME: /* token ':' */
+    case CH_TRAILER_LINE: /* field value up to CR */
+      if (c->state == CH_TRAILER_NAME && ch == ':') c->state = CH_TRAILER_LINE;
+      else if (c->state == CH_TRAILER_LINE && ch == '\r') c->state = CH_TRAILER_LF;
+      else if (!IS(ch, c->state == CH_TRAILER_NAME ? C_TCHAR : C_VALUE)) {
         rc = fail(err, 400, ch == '\n' ? "line not terminated by CRLF" : "invalid trailer field", r);
         break;
       }

@@ -9,45 +9,51 @@ import time
 from harness import KEEL, Reader, Suite, get
 
 
-def free_port():
+def start_with_pipe(extra_env=None):
+    """Starts keel with stdout on a pipe that nobody reads; returns (proc, read fd, socket)."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    return port
-
-
-def test_blocked_stdout_does_not_stall_requests():
-    port = free_port()
-    rfd, wfd = os.pipe()  # nobody reads rfd until the end: the pipe (64 KiB) fills up
+    rfd, wfd = os.pipe()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-    env["KEEL_LOG_BUFFER"] = "4KiB"
+    env.update(extra_env or {})
     proc = subprocess.Popen([KEEL, "serve", "--listen", "127.0.0.1:%d" % port, "--workers", "1"],
                             stdout=wfd, stderr=subprocess.DEVNULL, env=env)
     os.close(wfd)
+    deadline = time.time() + 10
+    while True:
+        try:
+            return proc, rfd, socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            if time.time() > deadline:
+                proc.kill()
+                os.close(rfd)
+                raise AssertionError("keel did not start")
+            time.sleep(0.05)
+
+
+def send_batches(s, n):
+    """n pipelined GET / in batches of 100, each answered 200."""
+    r = Reader(s)
+    for i in range(0, n, 100):
+        s.sendall(get("/?i=%d" % i) * 100)
+        for _ in range(100):
+            resp = r.response()
+            assert resp.status == 200, resp
+
+
+def test_blocked_stdout_does_not_stall_requests():
+    proc, rfd, s = start_with_pipe({"KEEL_LOG_BUFFER": "4KiB"})
     try:
-        deadline = time.time() + 10
-        while True:
-            try:
-                s = socket.create_connection(("127.0.0.1", port), timeout=5)
-                break
-            except OSError:
-                assert time.time() < deadline, "keel did not start"
-                time.sleep(0.05)
-        r = Reader(s)
         t0 = time.time()
         n = 3000  # ~1 MB of access log: far more than the pipe and the 4 KiB ring hold
-        for i in range(0, n, 100):
-            s.sendall(get("/?i=%d" % i) * 100)
-            for _ in range(100):
-                resp = r.response()
-                assert resp.status == 200, resp
+        send_batches(s, n)
         elapsed = time.time() - t0
         assert elapsed < 20, "requests stalled behind the log: %.1fs" % elapsed
         s.close()
         proc.send_signal(signal.SIGTERM)
-        # Now drain the pipe: the writer thread must get unblocked and report the drops.
-        out = b""
+        # Now drain the pipe: the writer thread gets unblocked and reports the drops.
         with os.fdopen(rfd, "rb") as f:
             rfd = None
             out = f.read()
@@ -66,26 +72,9 @@ def test_blocked_stdout_does_not_stall_requests():
 
 def test_exit_with_stdout_never_read():
     """SIGTERM still ends the process when nobody ever reads its stdout."""
-    port = free_port()
-    rfd, wfd = os.pipe()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-    proc = subprocess.Popen([KEEL, "serve", "--listen", "127.0.0.1:%d" % port, "--workers", "1"],
-                            stdout=wfd, stderr=subprocess.DEVNULL, env=env)
-    os.close(wfd)
+    proc, rfd, s = start_with_pipe()
     try:
-        deadline = time.time() + 10
-        while True:
-            try:
-                s = socket.create_connection(("127.0.0.1", port), timeout=5)
-                break
-            except OSError:
-                assert time.time() < deadline, "keel did not start"
-                time.sleep(0.05)
-        r = Reader(s)
-        for _ in range(20):  # 2000 access lines: the 64 KiB pipe is full long before
-            s.sendall(get("/") * 100)
-            for _ in range(100):
-                assert r.response().status == 200
+        send_batches(s, 2000)  # the 64 KiB pipe is full long before
         s.close()
         t0 = time.time()
         proc.send_signal(signal.SIGTERM)
