@@ -3,7 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps run test unit integration sanitize fuzz check clean
+.PHONY: all build deps run test sanitize fuzz bench bench-quick clean
 
 all: build
 
@@ -37,6 +37,18 @@ fuzz: deps
 	CC=clang cmake -S . -B build-fuzz -G Ninja -DKEEL_FUZZ=ON -DKEEL_SANITIZE=ON -DKEEL_WERROR=ON
 	cmake --build build-fuzz -j $(JOBS)
 	scripts/fuzz.sh build-fuzz/fuzz $(FUZZ_SECONDS)
+
+# Benchmarks (docs/benchmarks.md): keel beside Go net/http, Rust hyper and nginx.
+bench: deps
+	@$(MAKE) --no-print-directory build
+	bench/setup.sh $(BUILD)/bench/peers
+	KEEL_BENCH_BUILD=$(BUILD) python3 bench/run.py
+
+# About a minute, one repetition, for development; writes build/bench-quick/benchmarks.md.
+bench-quick: deps
+	@$(MAKE) --no-print-directory build
+	bench/setup.sh $(BUILD)/bench/peers
+	KEEL_BENCH_BUILD=$(BUILD) python3 bench/run.py --quick --out $(BUILD)/bench-quick
 
 clean:
 	rm -rf build build-asan build-fuzz build-gcc

@@ -3,7 +3,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 status=0
-files=$(find src include examples tests -name '*.[ch]' | sort)
+files=$(find src include examples tests bench -name '*.[ch]' | sort)
 # shellcheck disable=SC2086
 if grep -nE '\b(strcpy|strcat|sprintf|vsprintf|strtok|atoi|atol|gets)[[:space:]]*\(' $files; then
   echo "checksrc: banned function (use memcpy/snprintf/strtoull with checks)" >&2

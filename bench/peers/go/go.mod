@@ -1,0 +1,3 @@
+module keel.bench/peers/go
+
+go 1.19
