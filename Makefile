@@ -38,17 +38,12 @@ fuzz: deps
 	cmake --build build-fuzz -j $(JOBS)
 	scripts/fuzz.sh build-fuzz/fuzz $(FUZZ_SECONDS)
 
-# Benchmarks (docs/benchmarks.md): keel beside Go net/http, Rust hyper and nginx.
-bench: deps
+# Benchmarks: keel beside Go net/http, Rust hyper and nginx -> docs/benchmarks.md.
+# bench-quick: about a minute, one repetition, for development -> build/bench-quick/.
+bench bench-quick: deps
 	@$(MAKE) --no-print-directory build
 	bench/setup.sh $(BUILD)/bench/peers
-	KEEL_BENCH_BUILD=$(BUILD) python3 bench/run.py
-
-# About a minute, one repetition, for development; writes build/bench-quick/benchmarks.md.
-bench-quick: deps
-	@$(MAKE) --no-print-directory build
-	bench/setup.sh $(BUILD)/bench/peers
-	KEEL_BENCH_BUILD=$(BUILD) python3 bench/run.py --quick --out $(BUILD)/bench-quick
+	KEEL_BENCH_BUILD=$(BUILD) python3 bench/run.py $(if $(filter bench-quick,$@),--quick --out $(BUILD)/bench-quick)
 
 clean:
 	rm -rf build build-asan build-fuzz build-gcc

@@ -86,7 +86,6 @@ def server_cmd(name, port, workers, tmp):
 
 class Server:
     def __init__(self, name, workers, cpus, tmp):
-        self.name, self.workers, self.cpus = name, workers, cpus
         self.port = free_port()
         argv, env, self.binary = server_cmd(name, self.port, workers, tmp)
         if cpus:
@@ -166,14 +165,18 @@ def stripped_size(path):
 
 # ---- one measurement ---------------------------------------------------------------------------
 
-def load(server, path, rate, seconds, warmup, conns, gen_cpu):
-    """Runs keel-load once; returns its JSON plus the server's CPU % and the machine's other load."""
-    argv = [os.path.join(BUILD, "keel-load"), "http://127.0.0.1:%d%s" % (server.port, path),
+def load_argv(port, path, rate, seconds, warmup, conns, gen_cpu):
+    """The keel-load command line for one measurement (POST of the shared body for /echo)."""
+    argv = [os.path.join(BUILD, "keel-load"), "http://127.0.0.1:%d%s" % (port, path),
             "-c", str(conns), "-r", str(rate), "-d", str(seconds), "-w", str(warmup), "--json"]
     if path == "/echo":
         argv += ["-m", "POST", "-H", "Content-Type: application/json", "--body-file", BODY]
-    if gen_cpu:
-        argv = ["taskset", "-c", gen_cpu] + argv
+    return (["taskset", "-c", gen_cpu] if gen_cpu else []) + argv
+
+
+def load(server, path, rate, seconds, warmup, conns, gen_cpu):
+    """Runs keel-load once; returns its JSON plus the server's CPU % and the machine's other load."""
+    argv = load_argv(server.port, path, rate, seconds, warmup, conns, gen_cpu)
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(warmup)
     c0, (t0, i0), w0 = server.cpu_ticks(), cpu_times(), time.time()
@@ -297,10 +300,7 @@ def profile(rate, seconds, tmp):
     srv = Server("keel", 1, "0", tmp)
     data = os.path.join(tmp, "perf.data")
     try:
-        argv = ["taskset", "-c", "1" if NCPU > 1 else "0", os.path.join(BUILD, "keel-load"),
-                "http://127.0.0.1:%d/echo" % srv.port, "-c", "64", "-r", str(rate),
-                "-d", str(seconds + 2), "-w", "1", "-m", "POST", "-H",
-                "Content-Type: application/json", "--body-file", BODY, "--json"]
+        argv = load_argv(srv.port, "/echo", rate, seconds + 2, 1, 64, "1" if NCPU > 1 else None)
         gen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.5)
         rec = subprocess.run(["perf", "record", "-q", "-o", data, "-p", str(srv.proc.pid), "--",
