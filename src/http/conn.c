@@ -767,7 +767,7 @@ static kl_conn *conn_new(kl_worker *w) {
 void kl_conn_accept(kl_loop *loop, kl_io *io, uint32_t events) {
   (void)events;
   kl_worker *w = (kl_worker *)(void *)((char *)io - offsetof(kl_worker, listen_io));
-  for (int i = 0; i < KL_ACCEPTS_PER_EVENT && w->listen_io.fd >= 0; i++) {
+  for (int i = 0; (i < KL_ACCEPTS_PER_EVENT || w->draining) && w->listen_io.fd >= 0; i++) {
     struct sockaddr_storage peer;
     socklen_t plen = sizeof(peer);
     int fd = accept4(io->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);

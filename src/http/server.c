@@ -1,5 +1,6 @@
 /* server.c - keel_server: routes, probes, SO_REUSEPORT listeners, worker threads, signals, drain. */
 #include <errno.h>
+#include <linux/filter.h>
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
@@ -7,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
@@ -15,6 +17,9 @@
 #include "http/server_internal.h"
 
 #define KL_LISTEN_BACKLOG 4096
+/** Between refusing new handshakes and closing a listener at drain: well above any in-cluster
+ *  round trip, so every handshake under way completes and is served, not reset by the close. */
+#define KL_LISTEN_QUIESCE_MS 100
 
 /* ---- routes ------------------------------------------------------------- */
 
@@ -213,6 +218,8 @@ static int open_listener(keel_server *srv, int port) {
   return fd;
 }
 
+static void worker_close_listener(kl_timer *t);
+
 static void worker_ctl(kl_loop *loop, kl_io *io, uint32_t events) {
   (void)events;
   kl_worker *w = (kl_worker *)(void *)((char *)io - offsetof(kl_worker, ctl_io));
@@ -225,13 +232,33 @@ static void worker_ctl(kl_loop *loop, kl_io *io, uint32_t events) {
     return;
   }
   if (cmd == KL_CMD_DRAIN && w->listen_io.fd >= 0) {
-    /* Take what the kernel already accepted for us, then stop listening. */
-    kl_conn_accept(loop, &w->listen_io, EPOLLIN);
-    kl_io_stop(loop, &w->listen_io);
-    close(w->listen_io.fd);
-    w->listen_io.fd = -1;
-    kl_conn_drain_all(w);
+    /* Closing a listener resets whatever waits in its accept queue, and connections keep
+     * landing there until it is closed. So first stop new handshakes: a socket filter drops
+     * segments without ACK (new SYNs; their clients retry, then find the port closed: refused,
+     * nothing sent). Handshakes already under way still complete and are accepted as usual;
+     * after the quiesce we take what is queued and close. */
+    static const struct sock_filter syn_drop[] = {
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13), /* TCP flags (data starts at the TCP header) */
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x10, 0, 1), /* ACK set? */
+        BPF_STMT(BPF_RET | BPF_K, 0xffffffffu),           /* keep */
+        BPF_STMT(BPF_RET | BPF_K, 0),                     /* drop */
+    };
+    const struct sock_fprog prog = {4, (struct sock_filter *)(uintptr_t)syn_drop};
+    setsockopt(w->listen_io.fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog));
+    if (kl_timer_set(&loop->timers, &w->close_timer, loop->now + KL_LISTEN_QUIESCE_MS) < 0)
+      worker_close_listener(&w->close_timer);
   }
+}
+
+static void worker_close_listener(kl_timer *t) {
+  kl_worker *w = (kl_worker *)(void *)((char *)t - offsetof(kl_worker, close_timer));
+  if (w->listen_io.fd < 0) return;
+  w->draining = 1; /* also lifts kl_conn_accept's per-event cap: take the whole queue */
+  kl_conn_accept(&w->loop, &w->listen_io, EPOLLIN);
+  kl_io_stop(&w->loop, &w->listen_io);
+  close(w->listen_io.fd);
+  w->listen_io.fd = -1;
+  kl_conn_drain_all(w);
 }
 
 static void worker_accept_resume(kl_timer *t) {
@@ -271,6 +298,7 @@ static int worker_init(keel_server *srv, kl_worker *w, unsigned id, int listen_f
   kl_arena_init(&w->arena, 64 * 1024, 64u * 1024 * 1024 + cfg->body_max * 10);
   kl_buf_init(&w->hdrbuf, 16 * 1024);
   w->accept_timer.cb = worker_accept_resume;
+  w->close_timer.cb = worker_close_listener;
   w->hdrs = calloc(cfg->header_count_max, sizeof(*w->hdrs));
   if (!w->hdrs) return -ENOMEM;
   int rc = kl_loop_init(&w->loop, w->max_conns + 8);

@@ -94,6 +94,7 @@ struct kl_worker {
   kl_conn *closed; /* closed during this batch; recycled before sleeping */
   uint32_t nconns, max_conns, nfree;
   kl_timer accept_timer; /* resumes accepting after EMFILE */
+  kl_timer close_timer;  /* closes the listener at drain, after the quiesce */
   kl_logq *logq;
   kl_arena arena;    /* request-scoped memory, reset after every response */
   kl_buf hdrbuf;     /* extra response headers of the current request */

@@ -134,8 +134,8 @@ class ReadyProber(threading.Thread):
                 r = read_one(s)
                 self.results.append((t, r.status, r.body, time.time()))
             except Closed as e:
-                # Only acceptable once the listeners close (after the delay): the connection may
-                # have been in the accept queue as they closed. Recorded, judged by the test.
+                # Never acceptable: keel stops new handshakes before it closes a listener, so a
+                # connection it completed is served (a late one is refused instead).
                 self.results.append((t, None, str(e), time.time()))
             except Exception as e:  # noqa: BLE001
                 self.errors.append("readyz: %r" % e)
@@ -197,8 +197,8 @@ def test_drain_under_load():
         assert len(during) >= 5, "too few readyz probes during the delay: %r" % during
         bad = [r for r in during if r[1] != 503 or json.loads(r[2]) != {"status": "draining"}]
         assert not bad, "readyz during the drain delay: %r" % bad
-        lost = [r for r in prober.results if r[1] is None and r[0] < t_sig + DRAIN_DELAY - 0.1]
-        assert not lost, "readyz connections closed without an answer during the delay: %r" % lost
+        lost = [r for r in prober.results if r[1] is None]
+        assert not lost, "readyz connections closed without an answer: %r" % lost
         # Every client must eventually have seen Connection: close or a refusal, never silence.
         late = [c.idx for c in clients if not c.refused]
         assert not late, "clients %r ended without the listener refusing them" % late
