@@ -1,10 +1,12 @@
 /* hello.c - the article's "Hello, Cloud-Native" service on libkeel: one route, JSON access log,
- * probes, graceful shutdown on SIGTERM. Build: make; run: build/examples/hello */
+ * probes, Prometheus metrics with one of its own, graceful shutdown on SIGTERM.
+ * Build: make; run: build/examples/hello */
 #include <stdio.h>
 #include <keel/keel.h>
+#include <keel/metrics.h>
 
-static void hello(keel_req *req, void *ud) {
-  (void)ud;
+static void hello(keel_req *req, void *greetings) {
+  keel_counter_add(greetings, 1); /* lock-free: this worker's own cell */
   keel_respond(req, 200, "text/plain", "Hello, cloud native!", 20);
 }
 
@@ -15,7 +17,10 @@ int main(void) {
   if (keel_config_apply_env(&cfg, err, sizeof err)) return fprintf(stderr, "%s\n", err), 1;
   keel_server *srv = keel_server_new(&cfg, err, sizeof err);
   if (!srv) return fprintf(stderr, "%s\n", err), 1;
-  keel_route(srv, "GET", "/", hello, NULL);
+  keel_metric *greetings; /* on GET /metrics beside keel's own series */
+  if (keel_metric_counter(srv, "hello_greetings_total", "Greetings sent.", NULL, &greetings) ||
+      keel_route(srv, "GET", "/", hello, greetings))
+    return fprintf(stderr, "cannot set up the service\n"), 1;
   int rc = keel_server_run(srv); /* serves until SIGTERM/SIGINT, then drains */
   keel_server_free(srv);
   return rc ? 1 : 0;

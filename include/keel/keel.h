@@ -58,6 +58,8 @@ typedef struct keel_config {
   keel_log_level log_level;   /**< least severe level written */
   double access_log_sample;   /**< fraction of requests logged: 0 = off, 1 = all */
   uint32_t log_buffer_bytes;  /**< per-thread log ring; lines beyond it are dropped and counted */
+  uint8_t metrics_enabled;    /**< record metrics and serve them on metrics_path */
+  char metrics_path[128];     /**< path of the Prometheus/OpenMetrics endpoint, e.g. "/metrics" */
 } keel_config;
 
 /** Fills `cfg` with the defaults (no file needed). */

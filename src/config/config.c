@@ -28,7 +28,8 @@ enum kind {
   K_SIZE,     /* bytes, or with KiB/MiB/GiB, into uint32_t/uint64_t */
   K_DURATION, /* integer + ms|s|m|h, stored as milliseconds in uint32_t/uint64_t */
   K_LEVEL,    /* debug|info|warn|error into keel_log_level */
-  K_SWITCH,   /* on|off|true|false into a double, 1.0 or 0.0 */
+  K_SWITCH,   /* on|off|true|false into a double (1.0 or 0.0) or a uint8_t (1 or 0) */
+  K_PATH,     /* an absolute URL path ("/metrics") into a char array */
   K_FRACTION, /* decimal fraction into a double */
 };
 
@@ -85,6 +86,10 @@ static const key keys[] = {
      "fraction of requests written to the access log"},
     {"log.buffer", K_SIZE, FIELD(log_buffer_bytes), 4 * KIB, 64 * MIB, "1MiB",
      "per-thread log ring; lines beyond it are dropped and counted"},
+    {"metrics.enabled", K_SWITCH, FIELD(metrics_enabled), 0, 1, "on",
+     "record metrics and serve them on metrics.path"},
+    {"metrics.path", K_PATH, FIELD(metrics_path), 0, 0, "/metrics",
+     "path of the Prometheus/OpenMetrics endpoint"},
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
@@ -95,7 +100,7 @@ static const char *const level_names[] = {"debug", "info", "warn", "error"};
 typedef struct val {
   uint64_t u;    /* K_UINT, K_SIZE, K_DURATION (ms), K_LEVEL */
   double d;      /* K_SWITCH, K_FRACTION */
-  const char *s; /* K_LISTEN: the validated text (not owned) */
+  const char *s; /* K_LISTEN, K_PATH: the validated text (not owned) */
 } val;
 
 __attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen,
@@ -200,6 +205,25 @@ static bool is_hostname(const char *h, size_t n) {
     if (++label > 63) return false;
   }
   return label > 0 && h[n - 1] != '-';
+}
+
+/* An absolute path of visible ASCII, without query or fragment, shorter than `size`. */
+static int parse_path(const char *s, size_t size, char *msg, size_t n) {
+  size_t len = strlen(s);
+  if (len >= size) {
+    seterr(msg, n, "'%.64s...' is too long (at most %zu bytes)", s, size - 1);
+    return -EINVAL;
+  }
+  if (s[0] != '/') {
+    seterr(msg, n, "'%s' does not start with '/'", s);
+    return -EINVAL;
+  }
+  for (size_t i = 0; i < len; i++)
+    if (s[i] <= ' ' || s[i] >= 0x7f || s[i] == '?' || s[i] == '#') {
+      seterr(msg, n, "'%s': byte %zu is not allowed in a path", s, i);
+      return -EINVAL;
+    }
+  return 0;
 }
 
 static int parse_listen(const char *s, char *msg, size_t n) {
@@ -386,6 +410,9 @@ static int parse_value(const key *k, const char *s, val *v, char *msg, size_t n)
   case K_LISTEN:
     v->s = s;
     return parse_listen(s, msg, n);
+  case K_PATH:
+    v->s = s;
+    return parse_path(s, k->size, msg, n);
   case K_UINT:
     return parse_uint(k, s, &v->u, msg, n);
   case K_SIZE:
@@ -414,8 +441,9 @@ static int parse_value(const key *k, const char *s, val *v, char *msg, size_t n)
 static void store(keel_config *cfg, const key *k, const val *v) {
   unsigned char *p = (unsigned char *)cfg + k->off;
   switch (k->kind) {
-  case K_LISTEN: {
-    size_t len = strlen(v->s); /* < k->size: parse_listen checked */
+  case K_LISTEN:
+  case K_PATH: {
+    size_t len = strlen(v->s); /* < k->size: parse_listen/parse_path checked */
     memset(p, 0, k->size);
     memcpy(p, v->s, len);
     break;
@@ -437,7 +465,10 @@ static void store(keel_config *cfg, const key *k, const val *v) {
   }
   case K_SWITCH:
   case K_FRACTION:
-    memcpy(p, &v->d, sizeof v->d);
+    if (k->size == 1)
+      *p = v->d != 0;
+    else
+      memcpy(p, &v->d, sizeof v->d);
     break;
   }
 }
@@ -557,7 +588,21 @@ int keel_config_validate(const keel_config *cfg, char *err, size_t errlen) {
       }
       break;
     }
-    case K_SWITCH: /* shares its field with a K_FRACTION key, which checks it */
+    case K_PATH:
+      if (!memchr(p, '\0', k->size)) {
+        seterr(err, errlen, "%s: not NUL-terminated", k->name);
+        return -EINVAL;
+      }
+      if (parse_path((const char *)p, k->size, msg, sizeof msg) != 0) {
+        seterr(err, errlen, "%s: %s", k->name, msg);
+        return -EINVAL;
+      }
+      break;
+    case K_SWITCH: /* a double shares its field with a K_FRACTION key, which checks it */
+      if (k->size == 1 && *p > 1) {
+        seterr(err, errlen, "%s: %u is not 0 or 1", k->name, *p);
+        return -EINVAL;
+      }
       break;
     case K_FRACTION: {
       double d;

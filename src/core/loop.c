@@ -54,7 +54,8 @@ static void format_date(kl_loop *loop, time_t t) {
 }
 
 void kl_loop_update_clock(kl_loop *loop) {
-  loop->now = kl_now_ms();
+  loop->woke_us = kl_now_us();
+  loop->now = loop->woke_us / 1000;
   time_t t = time(NULL);
   if (t != loop->date_epoch) format_date(loop, t);
 }
@@ -62,6 +63,7 @@ void kl_loop_update_clock(kl_loop *loop) {
 int kl_loop_init(kl_loop *loop, uint32_t max_timers) {
   loop->stop = 0;
   loop->before_sleep = NULL;
+  loop->nevents = 0;
   loop->date_epoch = 0;
   loop->epfd = epoll_create1(EPOLL_CLOEXEC);
   if (loop->epfd < 0) return -errno;
@@ -107,6 +109,7 @@ void kl_loop_run(kl_loop *loop) {
     int n = epoll_wait(loop->epfd, evs, KL_EVENTS_PER_WAKEUP, timeout);
     if (n < 0 && errno != EINTR) break;
     kl_loop_update_clock(loop);
+    loop->nevents = n > 0 ? n : 0;
     for (int i = 0; i < n; i++) {
       kl_io *io = evs[i].data.ptr;
       io->cb(loop, io, evs[i].events);

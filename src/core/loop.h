@@ -27,6 +27,8 @@ struct kl_loop {
   int epfd;
   int stop;          /* kl_loop_run returns when set */
   uint64_t now;      /* ms, CLOCK_MONOTONIC, refreshed on every wakeup */
+  uint64_t woke_us;  /* us, CLOCK_MONOTONIC, when the current batch of events arrived */
+  int nevents;       /* events in the current batch */
   time_t date_epoch; /* second that `date` shows */
   char date[KL_DATE_LEN + 1];
   kl_timers timers;

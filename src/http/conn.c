@@ -56,6 +56,8 @@ static void conn_close(kl_conn *c) {
   list_remove(&w->open, c);
   list_push(&w->closed, c);
   w->nconns--;
+  kl_stats_add(w, w->srv->stats.conn_active, (uint64_t)-1);
+  if (c->in_request) kl_stats_add(w, w->srv->stats.in_flight, (uint64_t)-1);
   if (w->draining && w->nconns == 0) w->loop.stop = 1;
 }
 
@@ -220,8 +222,25 @@ static int write_head(kl_conn *c, int status, const char *ctype, size_t body_len
   return 0;
 }
 
-/* A JSON error answer outside any handler (parse errors, timeouts); the connection closes. */
-static void respond_error_close(kl_conn *c, int status, const char *msg, long offset) {
+/* The protocol-error reason of a status the HTTP layer answers itself. */
+static kl_proto_reason proto_reason(int status, int framing) {
+  switch (status) {
+  case 400: return framing ? KL_PROTO_SMUGGLING : KL_PROTO_BAD_REQUEST;
+  case 408: return KL_PROTO_TIMEOUT;
+  case 413: return KL_PROTO_BODY_TOO_LARGE;
+  case 414: return KL_PROTO_URI_TOO_LONG;
+  case 431: return KL_PROTO_HEADER_TOO_LARGE;
+  default: return KL_PROTO_UNSUPPORTED; /* 417, 501, 505 */
+  }
+}
+
+/*
+ * A JSON error answer outside any handler (parse errors, timeouts); the connection closes.
+ * `framing` marks a smuggling-class parse error; -1 means not a protocol error (out of memory).
+ */
+static void respond_error_close(kl_conn *c, int status, const char *msg, long offset,
+                                int framing) {
+  if (framing >= 0) kl_stats_proto(c->w, proto_reason(status, framing));
   char body[256];
   size_t n = 0;
   body[n++] = '{';
@@ -437,7 +456,7 @@ static void peer_format(kl_conn *c) {
   }
 }
 
-static void access_log(kl_conn *c, keel_req *req) {
+static void access_log(kl_conn *c, keel_req *req, uint64_t us) {
   kl_worker *w = c->w;
   double sample = w->srv->cfg.access_log_sample;
   if (sample <= 0 || !kl_log_enabled(w->srv->log, KEEL_LOG_INFO)) return;
@@ -454,7 +473,7 @@ static void access_log(kl_conn *c, keel_req *req) {
   kl_line_str(&l, "url.path", p.ptr, p.len);
   kl_line_int(&l, "http.response.status_code", req->status);
   kl_line_int(&l, "http.response.body.size", (int64_t)req->resp_body_len);
-  kl_line_fixed(&l, "duration_ms", (int64_t)(kl_now_us() - c->req_start), 3);
+  kl_line_fixed(&l, "duration_ms", (int64_t)us, 3);
   if (!c->peer_text[0]) peer_format(c);
   kl_line_cstr(&l, "client.address", c->peer_text);
   kl_line_int(&l, "client.port", c->peer_port);
@@ -485,7 +504,9 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
   const kl_route *r = kl_route_find(w->srv, base + c->head.method_off, c->head.method_len,
                                     base + c->head.path_off, c->head.path_len, allow,
                                     sizeof(allow));
+  uint32_t slot;
   if (r) {
+    slot = r->slot + (c->head.is_head && r->method[0] == 'G'); /* HEAD on a GET route */
     r->handler(req, r->userdata);
     if (!req->responded) {
       w->hdrbuf.len = 0;
@@ -493,12 +514,14 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
       keel_respond_error(req, 500, "handler did not respond");
     }
   } else if (allow[0]) {
+    slot = w->srv->stats.unmatched + kl_stats_method(base + c->head.method_off, c->head.method_len);
     keel_resp_header(req, "Allow", allow);
     char body[200];
     int n = snprintf(body, sizeof(body), "{\"error\":\"method not allowed\",\"allow\":\"%s\"}",
                      allow);
     keel_respond(req, 405, "application/json", body, (size_t)n);
   } else {
+    slot = w->srv->stats.unmatched + kl_stats_method(base + c->head.method_off, c->head.method_len);
     keel_str p = keel_req_path(req);
     size_t cap = 64 + p.len * 6;
     char *body = kl_arena_alloc(&w->arena, cap);
@@ -513,7 +536,10 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
   if (!req->responded) { /* the output cap refused even the error: give up on this peer */
     c->closing = 1;
   }
-  access_log(c, req);
+  uint64_t us = kl_now_us() - c->req_start;
+  if (req->responded) kl_stats_request(w, slot, req->status, us);
+  kl_stats_add(w, w->srv->stats.in_flight, (uint64_t)-1);
+  access_log(c, req, us);
   kl_arena_reset(&w->arena);
   if (!conn_keeps(c)) c->closing = 1;
   c->in_start += req_end;
@@ -552,19 +578,20 @@ static void conn_process(kl_conn *c) {
          * first request) and a trickle of further bytes never extends it. */
         c->in_request = 1;
         c->req_start = kl_now_us();
+        kl_stats_add(w, w->srv->stats.in_flight, 1);
         if (c->gen) conn_deadline(c, cfg->header_timeout_ms);
       }
       kl_http_error err;
       int rc = kl_http_parse_head(base, avail, &c->scanned, &w->limits, w->hdrs, &c->head, &err);
       if (rc == 0) return;
       if (rc < 0) {
-        respond_error_close(c, err.status, err.msg, (long)err.offset);
+        respond_error_close(c, err.status, err.msg, (long)err.offset, err.framing);
         return;
       }
       w->hdrs_conn = c;
       w->hdrs_gen = c->gen;
       if (c->head.has_length && c->head.content_length > cfg->body_max) {
-        respond_error_close(c, 413, "request body too large", (long)c->head.head_len);
+        respond_error_close(c, 413, "request body too large", (long)c->head.head_len, 0);
         return;
       }
       if (!c->head.chunked && c->head.content_length == 0) {
@@ -592,7 +619,7 @@ static void conn_process(kl_conn *c) {
         /* Make room for the whole body; its size was checked against body_max above. */
         conn_compact(c);
         if (kl_buf_reserve(&c->in, end - avail) != 0) {
-          respond_error_close(c, 503, "out of memory", -1);
+          respond_error_close(c, 503, "out of memory", -1, -1);
           return;
         }
         return;
@@ -604,7 +631,7 @@ static void conn_process(kl_conn *c) {
     int rc = kl_chunked_decode(&c->chunked, base, avail, &c->raw_pos, &c->body_pos, cfg->body_max,
                                cfg->header_bytes_max, &err);
     if (rc < 0) {
-      respond_error_close(c, err.status, err.msg, (long)err.offset);
+      respond_error_close(c, err.status, err.msg, (long)err.offset, err.framing);
       return;
     }
     if (rc == 0) {
@@ -713,7 +740,7 @@ static void conn_timer_cb(kl_timer *t) {
   } else if (c->state == KL_CONN_BODY || c->in.len > c->in_start) {
     respond_error_close(c, 408, c->state == KL_CONN_BODY ? "timed out reading the request body"
                                                          : "timed out reading the request head",
-                        -1);
+                        -1, 0);
   } else {
     conn_close(c); /* idle keep-alive, or a connection that never sent a byte */
   }
@@ -729,6 +756,7 @@ static void refuse(kl_worker *w, int fd) {
                    "Content-Type: application/json\r\nContent-Length: %zu\r\n"
                    "Connection: close\r\n\r\n%s",
                    w->loop.date, sizeof(body) - 1, body);
+  kl_stats_add(w, w->srv->stats.conn_rejected, 1);
   ssize_t ignored = read(fd, sink, sizeof(sink)); /* fewer RSTs: take what already arrived */
   ignored = write(fd, msg, (size_t)n);
   (void)ignored;
@@ -803,6 +831,8 @@ void kl_conn_accept(kl_loop *loop, kl_io *io, uint32_t events) {
     }
     list_push(&w->open, c);
     w->nconns++;
+    kl_stats_add(w, w->srv->stats.conn_accepted, 1);
+    kl_stats_add(w, w->srv->stats.conn_active, 1);
     conn_deadline(c, w->srv->cfg.header_timeout_ms);
   }
 }

@@ -42,6 +42,14 @@ static int fail(kl_http_error *err, int status, const char *msg, size_t offset) 
   err->status = status;
   err->msg = msg;
   err->offset = offset;
+  err->framing = 0;
+  return -1;
+}
+
+/* A 400 for input that proxies may frame differently: the stuff of request smuggling. */
+static int fail_framing(kl_http_error *err, const char *msg, size_t offset) {
+  fail(err, 400, msg, offset);
+  err->framing = 1;
   return -1;
 }
 
@@ -114,13 +122,13 @@ static int field_semantics(const char *buf, const kl_header *h, kl_http_head *ou
     break;
   case 14:
     if (kl_http_name_eq(name, 14, "content-length")) {
-      if (++f->lengths > 1) return fail(err, 400, "duplicate Content-Length", h->name_off);
+      if (++f->lengths > 1) return fail_framing(err, "duplicate Content-Length", h->name_off);
       if (h->value_len == 0 || h->value_len > 18)
-        return fail(err, 400, "invalid Content-Length", h->value_off);
+        return fail_framing(err, "invalid Content-Length", h->value_off);
       uint64_t n = 0;
       for (uint32_t i = 0; i < h->value_len; i++) {
         if (v[i] < '0' || v[i] > '9')
-          return fail(err, 400, "invalid Content-Length", h->value_off + i);
+          return fail_framing(err, "invalid Content-Length", h->value_off + i);
         n = n * 10 + (uint64_t)(v[i] - '0');
       }
       out->has_length = 1;
@@ -206,7 +214,7 @@ static int parse_complete(const char *buf, size_t head_len, const kl_http_limits
       return fail(err, 400, "invalid character in request target", p - 1);
     return fail(err, 400, "invalid HTTP version", p);
   }
-  if (v[9] != '\n') return fail(err, 400, "bare CR in request line", p + 8);
+  if (v[9] != '\n') return fail_framing(err, "bare CR in request line", p + 8);
   if (v[5] != '1') return fail(err, 505, "HTTP version not supported", p);
   out->minor = v[7] == '0' ? 0 : 1;
   p += 10;
@@ -220,9 +228,9 @@ static int parse_complete(const char *buf, size_t head_len, const kl_http_limits
     while (IS(buf[p], C_TCHAR)) p++;
     if (buf[p] != ':' || p == ns) {
       if (p == ns && (buf[p] == ' ' || buf[p] == '\t'))
-        return fail(err, 400, "obsolete line folding is not allowed", p);
+        return fail_framing(err, "obsolete line folding is not allowed", p);
       if (buf[p] == ' ' || buf[p] == '\t')
-        return fail(err, 400, "whitespace before colon in header", p);
+        return fail_framing(err, "whitespace before colon in header", p);
       return fail(err, 400, "invalid character in header name", p);
     }
     if (nh == limits->header_count_max) return fail(err, 431, "too many header fields", ns);
@@ -234,7 +242,7 @@ static int parse_complete(const char *buf, size_t head_len, const kl_http_limits
     size_t vs = p;
     while (IS(buf[p], C_VALUE)) p++;
     if (buf[p] != '\r' || buf[p + 1] != '\n') {
-      if (buf[p] == '\r') return fail(err, 400, "bare CR in header value", p);
+      if (buf[p] == '\r') return fail_framing(err, "bare CR in header value", p);
       return fail(err, 400, "invalid character in header value", p);
     }
     size_t ve = p;
@@ -250,11 +258,11 @@ static int parse_complete(const char *buf, size_t head_len, const kl_http_limits
   if (out->minor == 1 && f.hosts == 0) return fail(err, 400, "missing Host header", p);
   if (f.te_seen) {
     if (out->minor == 0)
-      return fail(err, 400, "Transfer-Encoding in an HTTP/1.0 request", 0);
+      return fail_framing(err, "Transfer-Encoding in an HTTP/1.0 request", 0);
     if (out->has_length)
-      return fail(err, 400, "both Content-Length and Transfer-Encoding", 0);
-    if (!f.te_last_chunked) return fail(err, 400, "chunked is not the final transfer coding", 0);
-    if (f.te_chunked > 1) return fail(err, 400, "chunked applied more than once", 0);
+      return fail_framing(err, "both Content-Length and Transfer-Encoding", 0);
+    if (!f.te_last_chunked) return fail_framing(err, "chunked is not the final transfer coding", 0);
+    if (f.te_chunked > 1) return fail_framing(err, "chunked applied more than once", 0);
     if (f.te_other) return fail(err, 501, "unsupported transfer coding", 0);
     out->chunked = 1;
   }
@@ -277,7 +285,7 @@ int kl_http_parse_head(const char *buf, size_t len, size_t *scanned, const kl_ht
     if (end + 1 > limits->header_bytes_max)
       return fail(err, 431, "request header too large", limits->header_bytes_max);
     if (end == pos || buf[end - 1] != '\r')
-      return fail(err, 400, "line not terminated by CRLF", end);
+      return fail_framing(err, "line not terminated by CRLF", end);
     if (pos > 0 && end == pos + 1) { /* empty line: the head is complete */
       *scanned = 0;
       return parse_complete(buf, end + 1, limits, hdrs, out, err);
@@ -336,7 +344,7 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
     case CH_SIZE_MORE:
       if (IS(ch, C_HEX)) {
         if (c->remaining >> 56) { /* one more digit would reach 2^60 */
-          rc = fail(err, 400, "chunk size too large", r);
+          rc = fail_framing(err, "chunk size too large", r);
           break;
         }
         c->remaining = c->remaining * 16 + (uint64_t)hexval(ch);
@@ -348,7 +356,7 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
         break;
       }
       if (ch == '\n') {
-        rc = fail(err, 400, "line not terminated by CRLF", r);
+        rc = fail_framing(err, "line not terminated by CRLF", r);
         break;
       }
       if (ch == '\r') c->state = CH_SIZE_LF;
@@ -365,7 +373,7 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
       break;
     case CH_EXT:
       if (ch == '\n') {
-        rc = fail(err, 400, "line not terminated by CRLF", r);
+        rc = fail_framing(err, "line not terminated by CRLF", r);
         break;
       }
       if (ch == '\r') c->state = CH_SIZE_LF;
@@ -380,7 +388,7 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
       break;
     case CH_SIZE_LF:
       if (ch != '\n') {
-        rc = fail(err, 400, "bare CR in chunk size line", r);
+        rc = fail_framing(err, "bare CR in chunk size line", r);
         break;
       }
       r++;
@@ -401,7 +409,7 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
     case CH_DATA_CR:
     case CH_DATA_LF:
       if (ch != (c->state == CH_DATA_CR ? '\r' : '\n')) {
-        rc = fail(err, 400, "chunk data not followed by CRLF", r);
+        rc = fail_framing(err, "chunk data not followed by CRLF", r);
         break;
       }
       c->state = c->state == CH_DATA_CR ? CH_DATA_LF : CH_SIZE;
@@ -436,7 +444,7 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
     case CH_TRAILER_LF:
     case CH_END_LF:
       if (ch != '\n') {
-        rc = fail(err, 400, "bare CR in trailer section", r);
+        rc = fail_framing(err, "bare CR in trailer section", r);
         break;
       }
       r++;
@@ -453,7 +461,7 @@ int kl_chunked_decode(kl_chunked *c, char *buf, size_t len, size_t *rpos, size_t
     }
     continue;
   bad_size:
-    rc = fail(err, 400, "invalid chunk size", r);
+    rc = fail_framing(err, "invalid chunk size", r);
   }
   *rpos = r;
   *wpos = w;

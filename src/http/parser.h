@@ -23,6 +23,7 @@ typedef struct kl_http_error {
   int status;      /* 400, 413, 414, 417, 431, 501, 505 */
   const char *msg; /* static, e.g. "invalid character in header name" */
   size_t offset;   /* byte offset in the request where it was found */
+  int framing;     /* 1: ambiguous message framing (bare CR/LF, CL/TE conflicts): smuggling */
 } kl_http_error;
 
 /** A parsed request head. Views are offsets into the parsed buffer. */

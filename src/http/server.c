@@ -76,6 +76,28 @@ const kl_route *kl_route_find(const keel_server *srv, const char *method, size_t
   return NULL;
 }
 
+/* ---- application metrics -------------------------------------------------- */
+
+int keel_metric_counter(keel_server *srv, const char *name, const char *help,
+                        const char *const *labels, keel_metric **out) {
+  if (!srv || !out) return -EINVAL;
+  return kl_metrics_add(srv->metrics, name, help, KL_M_COUNTER, labels, NULL, 0, out);
+}
+
+int keel_metric_gauge(keel_server *srv, const char *name, const char *help,
+                      const char *const *labels, keel_metric **out) {
+  if (!srv || !out) return -EINVAL;
+  return kl_metrics_add_value_gauge(srv->metrics, name, help, labels, out);
+}
+
+int keel_metric_histogram(keel_server *srv, const char *name, const char *help,
+                          const char *const *labels, const double *bounds, size_t nbounds,
+                          keel_metric **out) {
+  if (!srv || !out || nbounds > 64) return -EINVAL;
+  return kl_metrics_add(srv->metrics, name, help, KL_M_HISTOGRAM, labels, bounds,
+                        (uint32_t)nbounds, out);
+}
+
 /* ---- probes ------------------------------------------------------------- */
 
 static void probe_live(keel_req *req, void *ud) {
@@ -164,7 +186,10 @@ keel_server *keel_server_new(const keel_config *cfg, char *err, size_t errlen) {
     goto fail;
   }
   kl_log_bind(srv->log);
-  if (keel_route(srv, "GET", "/livez", probe_live, srv) ||
+  srv->metrics = kl_metrics_new();
+  if (!srv->metrics ||
+      (cfg->metrics_enabled && keel_route(srv, "GET", cfg->metrics_path, kl_stats_handler, srv)) ||
+      keel_route(srv, "GET", "/livez", probe_live, srv) ||
       keel_route(srv, "GET", "/healthz", probe_live, srv) ||
       keel_route(srv, "GET", "/readyz", probe_ready, srv)) {
     snprintf(err, errlen, "out of memory");
@@ -186,6 +211,8 @@ void keel_server_free(keel_server *srv) {
   if (srv->stopfd >= 0) close(srv->stopfd);
   if (srv->donefd >= 0) close(srv->donefd);
   kl_log_free(srv->log);
+  kl_metrics_free(srv->metrics);
+  kl_stats_free(&srv->stats);
   free(srv);
 }
 
@@ -269,11 +296,13 @@ static void worker_accept_resume(kl_timer *t) {
 static void worker_before_sleep(kl_loop *loop) {
   kl_worker *w = (kl_worker *)(void *)((char *)loop - offsetof(kl_worker, loop));
   kl_conn_recycle(w);
+  if (w->mb && loop->nevents) kl_stats_lag(w, kl_now_us() - loop->woke_us);
 }
 
 static void *worker_main(void *arg) {
   kl_worker *w = arg;
   w->logq = kl_log_bind(w->srv->log);
+  if (w->mb) kl_metrics_bind(w->srv->metrics, w->id);
   kl_loop_run(&w->loop);
   kl_conn_close_all(w);
   kl_conn_free_pool(w);
@@ -366,6 +395,10 @@ int keel_server_run(keel_server *srv) {
     rc = sfd < 0 ? -errno : -ENOMEM;
     goto out;
   }
+  if (cfg->metrics_enabled && (rc = kl_stats_setup(srv, srv->nworkers)) != 0) {
+    keel_log(srv, KEEL_LOG_ERROR, "cannot set up metrics", "error", strerror(-rc), NULL);
+    goto out;
+  }
   int port = ntohs(srv->addr.ss_family == AF_INET
                        ? ((struct sockaddr_in *)(void *)&srv->addr)->sin_port
                        : ((struct sockaddr_in6 *)(void *)&srv->addr)->sin6_port);
@@ -386,6 +419,7 @@ int keel_server_run(keel_server *srv) {
     }
     atomic_store(&srv->port, port);
     rc = worker_init(srv, &srv->workers[i], i, fd);
+    if (cfg->metrics_enabled) srv->workers[i].mb = kl_metrics_block(srv->metrics, i);
     if (rc) {
       worker_cleanup(&srv->workers[i]);
       goto out;

@@ -11,8 +11,10 @@
 #include "core/buf.h"
 #include "core/loop.h"
 #include "http/parser.h"
+#include "http/stats.h"
 #include "keel/keel.h"
 #include "obs/log.h"
+#include "obs/metrics.h"
 
 typedef struct kl_worker kl_worker;
 typedef struct kl_conn kl_conn;
@@ -25,6 +27,7 @@ typedef struct kl_route {
   size_t path_len;
   keel_handler handler;
   void *userdata;
+  uint32_t slot; /* metrics slot of (method, path); GET routes: +1 for HEAD */
 } kl_route;
 
 /** Output segments queued for one writev (offsets into the connection's out buffer). */
@@ -103,6 +106,7 @@ struct kl_worker {
   uint32_t hdrs_gen;
   uint64_t rng;
   kl_http_limits limits;
+  kl_mblock *mb; /* this worker's metric cells; NULL with metrics off */
 };
 
 struct keel_server {
@@ -118,6 +122,8 @@ struct keel_server {
   _Atomic int draining; /* /readyz answers 503 */
   int stopfd;           /* eventfd for keel_server_stop */
   int donefd;           /* eventfd counting workers that finished */
+  kl_metrics *metrics;  /* keel's and the application's series */
+  kl_stats stats;       /* cell indexes of keel's own series */
 };
 
 /** Worker-side: a listener became readable. */

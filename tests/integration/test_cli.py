@@ -36,6 +36,9 @@ log:
   level: debug
   access: off
 log.buffer: 64KiB
+metrics:
+  enabled: off
+  path: /stats
 """
 
 # docs/configuration.md "Example"

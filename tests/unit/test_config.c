@@ -131,7 +131,7 @@ static uint64_t get_u(const keel_config *cfg, const char *key) {
 /* One non-default value for every key, and how to check it. */
 typedef struct kcase {
   const char *key, *env, *text;
-  char type; /* 'u' unsigned, 's' listen string, 'l' level, 'd' double */
+  char type; /* 'u' unsigned, 's' listen string, 'l' level, 'd' double, 'b' switch, 'p' path */
   uint64_t u;
   double d;
 } kcase;
@@ -154,6 +154,8 @@ static const kcase cases[] = {
     {"log.access", "KEEL_LOG_ACCESS", "off", 'd', 0, 0.0},
     {"log.access_sample", "KEEL_LOG_ACCESS_SAMPLE", "0.25", 'd', 0, 0.25},
     {"log.buffer", "KEEL_LOG_BUFFER", "4MiB", 'u', 4 * MIB, 0},
+    {"metrics.enabled", "KEEL_METRICS_ENABLED", "off", 'b', 0, 0},
+    {"metrics.path", "KEEL_METRICS_PATH", "/internal/metrics", 'p', 0, 0},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
@@ -167,6 +169,12 @@ static void check_case(const keel_config *cfg, const kcase *c) {
     break;
   case 'd':
     assert_true(cfg->access_log_sample == c->d);
+    break;
+  case 'b':
+    assert_int_equal(cfg->metrics_enabled, c->u);
+    break;
+  case 'p':
+    assert_string_equal(cfg->metrics_path, c->text);
     break;
   default:
     assert_int_equal(get_u(cfg, c->key), c->u);
@@ -217,6 +225,8 @@ static void test_defaults(void **state) {
   assert_int_equal(c.log_level, KEEL_LOG_INFO);
   assert_true(c.access_log_sample == 1.0);
   assert_int_equal(c.log_buffer_bytes, 1 * MIB);
+  assert_int_equal(c.metrics_enabled, 1);
+  assert_string_equal(c.metrics_path, "/metrics");
   /* the rest of the listen field is zeroed */
   for (size_t i = strlen(c.listen); i < sizeof c.listen; i++) assert_int_equal(c.listen[i], 0);
   char err[256] = "";
@@ -294,7 +304,10 @@ static const char every_key_yaml[] = "# every key, nested\n"
                                      "log:\n"
                                      "  level: debug\n"
                                      "  access_sample: 0.25\n"
-                                     "  buffer: 4MiB\n";
+                                     "  buffer: 4MiB\n"
+                                     "metrics:\n"
+                                     "  enabled: off\n"
+                                     "  path: /internal/metrics\n";
 
 static void test_yaml_every_key(void **state) {
   (void)state;
@@ -412,6 +425,9 @@ static void test_yaml_errors(void **state) {
       {"log:\n  level: verbose\n",
        "2: log.level: 'verbose' is not one of debug, info, warn, error"},
       {"log:\n  access: maybe\n", "2: log.access: 'maybe' is not one of on, off, true, false"},
+      {"metrics:\n  path: metrics\n", "2: metrics.path: 'metrics' does not start with '/'"},
+      {"metrics:\n  path: /m?x=1\n", "2: metrics.path: '/m?x=1': byte 2 is not allowed in a path"},
+      {"metrics:\n  enabled: 2\n", "2: metrics.enabled: '2' is not one of on, off, true, false"},
       {"log:\n  access_sample: 1.5\n", "2: log.access_sample: 1.5 is out of range 0..1"},
       {"listen: 10.0.0.1\n",
        "1: listen: '10.0.0.1' is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, "
