@@ -113,8 +113,10 @@ def summary(r):
 # ---- (1) latency equals the server's known delay ----------------------------------------------
 
 def test_latency_matches_server_delay():
-    # 20 ms: large enough that the machine's own scheduling noise (up to a millisecond at p99 on a
-    # shared VM, seen in both histograms) stays inside the 10% the check allows.
+    # Nothing can answer faster than the server's 20 ms delay, so no percentile may read below it
+    # (that would be a measuring error); the median must be the delay (10%); the tail only has an
+    # upper bound, because a busy machine (CI runs tests in parallel) makes the server's own timer
+    # wake-ups late, and that lateness is real latency the generator must report.
     delay = 20000
     tol = 0.10 * delay
 
@@ -124,9 +126,12 @@ def test_latency_matches_server_delay():
         print("  " + summary(r))
         no_errors(r)
         assert abs(r["requests"] - 8000) <= 1, r["requests"]
-        for p in ("p50", "p90", "p99"):
-            v = r["latency_us"][p]
-            assert delay - tol <= v <= delay + tol, "%s %.0f us, want %d +- %.0f" % (p, v, delay, tol)
+        lat = r["latency_us"]
+        assert delay - tol <= lat["p50"] <= delay + tol, "p50 %.0f us, want %d +- %.0f" % (
+            lat["p50"], delay, tol)
+        for p in ("p90", "p99"):
+            assert delay - tol <= lat[p] <= 2 * delay, "%s %.0f us, want %d..%d" % (
+                p, lat[p], delay - tol, 2 * delay)
         assert r["latency_from_send_us"]["p50"] >= delay * 0.95, r["latency_from_send_us"]
     retry(3, attempt)
 

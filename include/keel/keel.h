@@ -60,6 +60,15 @@ typedef struct keel_config {
   uint32_t log_buffer_bytes;  /**< per-thread log ring; lines beyond it are dropped and counted */
   uint8_t metrics_enabled;    /**< record metrics and serve them on metrics_path */
   char metrics_path[128];     /**< path of the Prometheus/OpenMetrics endpoint, e.g. "/metrics" */
+  char trace_endpoint[256];   /**< OTLP/HTTP collector URL; "" = tracing off */
+  double trace_sample_ratio;  /**< fraction of new traces sampled (parent-based otherwise) */
+  char service_name[128];     /**< resource attribute service.name */
+  uint8_t trace_gzip;         /**< gzip export requests */
+  uint8_t trace_response_header; /**< add traceparent to every response */
+  uint32_t trace_batch_spans;    /**< spans per export request at most */
+  uint32_t trace_batch_delay_ms; /**< export a partial batch this long after its first span */
+  uint32_t trace_queue_bytes;    /**< per-worker span ring */
+  uint32_t trace_export_timeout_ms; /**< one export request's time limit */
 } keel_config;
 
 /** Fills `cfg` with the defaults (no file needed). */

@@ -30,6 +30,8 @@ enum kind {
   K_LEVEL,    /* debug|info|warn|error into keel_log_level */
   K_SWITCH,   /* on|off|true|false into a double (1.0 or 0.0) or a uint8_t (1 or 0) */
   K_PATH,     /* an absolute URL path ("/metrics") into a char array */
+  K_URL,      /* "" or http://HOST[:PORT][/PATH] into a char array */
+  K_TEXT,     /* printable text (a name) into a char array */
   K_FRACTION, /* decimal fraction into a double */
 };
 
@@ -90,6 +92,23 @@ static const key keys[] = {
      "record metrics and serve them on metrics.path"},
     {"metrics.path", K_PATH, FIELD(metrics_path), 0, 0, "/metrics",
      "path of the Prometheus/OpenMetrics endpoint"},
+    {"tracing.endpoint", K_URL, FIELD(trace_endpoint), 0, 0, "",
+     "OTLP/HTTP collector URL (spans go to /v1/traces under it); empty: tracing off"},
+    {"tracing.sample_ratio", K_FRACTION, FIELD(trace_sample_ratio), 0, 1, "1",
+     "fraction of new traces sampled; continued traces follow their parent's decision"},
+    {"tracing.service_name", K_TEXT, FIELD(service_name), 0, 0, "keel",
+     "resource attribute service.name"},
+    {"tracing.gzip", K_SWITCH, FIELD(trace_gzip), 0, 1, "off", "gzip the export requests"},
+    {"tracing.response_header", K_SWITCH, FIELD(trace_response_header), 0, 1, "off",
+     "add traceparent to every response"},
+    {"tracing.batch_spans", K_UINT, FIELD(trace_batch_spans), 1, 65536, "512",
+     "spans per export request at most"},
+    {"tracing.batch_delay", K_DURATION, FIELD(trace_batch_delay_ms), 1, MINUTE, "1s",
+     "export a partial batch this long after its first span"},
+    {"tracing.queue", K_SIZE, FIELD(trace_queue_bytes), 4 * KIB, 256 * MIB, "1MiB",
+     "per-worker span ring; spans beyond it are dropped and counted"},
+    {"tracing.export_timeout", K_DURATION, FIELD(trace_export_timeout_ms), 1, MINUTE, "10s",
+     "one export request's time limit"},
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
@@ -207,6 +226,8 @@ static bool is_hostname(const char *h, size_t n) {
   return label > 0 && h[n - 1] != '-';
 }
 
+static int parse_listen(const char *s, char *msg, size_t n);
+
 /* An absolute path of visible ASCII, without query or fragment, shorter than `size`. */
 static int parse_path(const char *s, size_t size, char *msg, size_t n) {
   size_t len = strlen(s);
@@ -224,6 +245,65 @@ static int parse_path(const char *s, size_t size, char *msg, size_t n) {
       return -EINVAL;
     }
   return 0;
+}
+
+/* http://HOST[:PORT][/PATH] of visible ASCII, shorter than `size`; "" (off) is fine too. */
+static int parse_url(const char *s, size_t size, char *msg, size_t n) {
+  size_t len = strlen(s);
+  if (len == 0) return 0;
+  if (len >= size) {
+    seterr(msg, n, "'%.64s...' is too long (at most %zu bytes)", s, size - 1);
+    return -EINVAL;
+  }
+  if (strncmp(s, "https://", 8) == 0) {
+    seterr(msg, n, "'%s': https is not supported yet (use http:// to a local collector)", s);
+    return -EINVAL;
+  }
+  if (strncmp(s, "http://", 7) != 0 || !s[7] || s[7] == '/' || s[7] == ':') {
+    seterr(msg, n, "'%s' is not http://HOST[:PORT][/PATH]", s);
+    return -EINVAL;
+  }
+  for (size_t i = 0; i < len; i++)
+    if (s[i] <= ' ' || s[i] >= 0x7f) {
+      seterr(msg, n, "'%s': byte %zu is not allowed in a URL", s, i);
+      return -EINVAL;
+    }
+  const char *hostport = s + 7, *slash = strchr(hostport, '/');
+  const char *colon = memchr(hostport, ':', slash ? (size_t)(slash - hostport) : strlen(hostport));
+  if (colon) {
+    char *end;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    if (end == colon + 1 || (*end && *end != '/') || port == 0 || port > 65535) {
+      seterr(msg, n, "'%s': bad port", s);
+      return -EINVAL;
+    }
+  }
+  return 0;
+}
+
+/* Printable ASCII or UTF-8 text without control characters, 1..size-1 bytes. */
+static int parse_text(const char *s, size_t size, char *msg, size_t n) {
+  size_t len = strlen(s);
+  if (len >= size) {
+    seterr(msg, n, "'%.64s...' is too long (at most %zu bytes)", s, size - 1);
+    return -EINVAL;
+  }
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)s[i] < ' ' || s[i] == 0x7f) {
+      seterr(msg, n, "byte %zu is a control character", i);
+      return -EINVAL;
+    }
+  return 0;
+}
+
+/* The string kinds: checks `s` for key `k`. */
+static int parse_string(const key *k, const char *s, char *msg, size_t n) {
+  switch (k->kind) {
+  case K_PATH: return parse_path(s, k->size, msg, n);
+  case K_URL: return parse_url(s, k->size, msg, n);
+  case K_TEXT: return parse_text(s, k->size, msg, n);
+  default: return parse_listen(s, msg, n);
+  }
 }
 
 static int parse_listen(const char *s, char *msg, size_t n) {
@@ -401,18 +481,18 @@ static int parse_word(const char *s, const char *const *words, size_t nwords, co
 static int parse_value(const key *k, const char *s, val *v, char *msg, size_t n) {
   static const char *const switches[] = {"off", "on", "false", "true"};
   memset(v, 0, sizeof *v);
-  if (s[0] == '\0') {
+  if (s[0] == '\0' && k->kind != K_URL) {
     seterr(msg, n, "empty value");
     return -EINVAL;
   }
   int rc;
   switch (k->kind) {
   case K_LISTEN:
-    v->s = s;
-    return parse_listen(s, msg, n);
   case K_PATH:
+  case K_URL:
+  case K_TEXT:
     v->s = s;
-    return parse_path(s, k->size, msg, n);
+    return parse_string(k, s, msg, n);
   case K_UINT:
     return parse_uint(k, s, &v->u, msg, n);
   case K_SIZE:
@@ -442,8 +522,10 @@ static void store(keel_config *cfg, const key *k, const val *v) {
   unsigned char *p = (unsigned char *)cfg + k->off;
   switch (k->kind) {
   case K_LISTEN:
-  case K_PATH: {
-    size_t len = strlen(v->s); /* < k->size: parse_listen/parse_path checked */
+  case K_PATH:
+  case K_URL:
+  case K_TEXT: {
+    size_t len = strlen(v->s); /* < k->size: parse_string checked */
     memset(p, 0, k->size);
     memcpy(p, v->s, len);
     break;
@@ -506,12 +588,76 @@ int keel_config_set(keel_config *cfg, const char *name, const char *value, char 
   return 0;
 }
 
+/* Sets key `name` from environment variable `var` if it is set. 0 or -EINVAL with `err`. */
+static int env_set(keel_config *cfg, const char *var, const char *name, const char *value,
+                   char *err, size_t errlen) {
+  const char *s = value ? value : getenv(var);
+  if (!s) return 0;
+  val v;
+  char msg[512];
+  const key *k = &keys[find_key(name)];
+  if (parse_value(k, s, &v, msg, sizeof msg) != 0) {
+    seterr(err, errlen, "%s: %s", var, msg);
+    return -EINVAL;
+  }
+  store(cfg, k, &v);
+  return 0;
+}
+
+/*
+ * The OpenTelemetry SDK variables keel understands, applied before KEEL_* (which win):
+ * OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION,
+ * OTEL_TRACES_SAMPLER (+ _ARG). keel's sampler is always parent-based.
+ */
+static int otel_env(keel_config *cfg, char *err, size_t errlen) {
+  static const char *const vars[][2] = {
+      {"OTEL_SERVICE_NAME", "tracing.service_name"},
+      {"OTEL_EXPORTER_OTLP_ENDPOINT", "tracing.endpoint"},
+      {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "tracing.endpoint"},
+  };
+  for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+    if (env_set(cfg, vars[i][0], vars[i][1], NULL, err, errlen)) return -EINVAL;
+  static const char *const comp[] = {"OTEL_EXPORTER_OTLP_COMPRESSION",
+                                     "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"};
+  for (size_t i = 0; i < 2; i++) {
+    const char *s = getenv(comp[i]);
+    if (!s) continue;
+    if (strcmp(s, "gzip") != 0 && strcmp(s, "none") != 0) {
+      seterr(err, errlen, "%s: '%s' is not gzip or none", comp[i], s);
+      return -EINVAL;
+    }
+    cfg->trace_gzip = s[0] == 'g';
+  }
+  const char *sampler = getenv("OTEL_TRACES_SAMPLER");
+  if (sampler) {
+    const char *ratio = NULL;
+    if (strcmp(sampler, "always_on") == 0 || strcmp(sampler, "parentbased_always_on") == 0) {
+      ratio = "1";
+    } else if (strcmp(sampler, "always_off") == 0 ||
+               strcmp(sampler, "parentbased_always_off") == 0) {
+      ratio = "0";
+    } else if (strcmp(sampler, "traceidratio") == 0 ||
+               strcmp(sampler, "parentbased_traceidratio") == 0) {
+      ratio = getenv("OTEL_TRACES_SAMPLER_ARG");
+      if (!ratio) ratio = "1";
+    } else {
+      seterr(err, errlen, "OTEL_TRACES_SAMPLER: '%s' is not supported (always_on, always_off, "
+             "traceidratio and their parentbased_ forms are)", sampler);
+      return -EINVAL;
+    }
+    if (env_set(cfg, "OTEL_TRACES_SAMPLER_ARG", "tracing.sample_ratio", ratio, err, errlen))
+      return -EINVAL;
+  }
+  return 0;
+}
+
 int keel_config_apply_env(keel_config *cfg, char *err, size_t errlen) {
   if (!cfg) {
     seterr(err, errlen, "no config");
     return -EINVAL;
   }
   keel_config tmp = *cfg;
+  if (otel_env(&tmp, err, errlen)) return -EINVAL;
   bool seen[NKEYS] = {false};
   /* In table order rather than environ order, so errors and conflicts are deterministic. */
   for (size_t i = 0; i < NKEYS; i++) {
@@ -550,11 +696,14 @@ int keel_config_validate(const keel_config *cfg, char *err, size_t errlen) {
     const unsigned char *p = (const unsigned char *)cfg + k->off;
     switch (k->kind) {
     case K_LISTEN:
+    case K_PATH:
+    case K_URL:
+    case K_TEXT:
       if (!memchr(p, '\0', k->size)) {
         seterr(err, errlen, "%s: not NUL-terminated", k->name);
         return -EINVAL;
       }
-      if (parse_listen((const char *)p, msg, sizeof msg) != 0) {
+      if (parse_string(k, (const char *)p, msg, sizeof msg) != 0) {
         seterr(err, errlen, "%s: %s", k->name, msg);
         return -EINVAL;
       }
@@ -588,16 +737,6 @@ int keel_config_validate(const keel_config *cfg, char *err, size_t errlen) {
       }
       break;
     }
-    case K_PATH:
-      if (!memchr(p, '\0', k->size)) {
-        seterr(err, errlen, "%s: not NUL-terminated", k->name);
-        return -EINVAL;
-      }
-      if (parse_path((const char *)p, k->size, msg, sizeof msg) != 0) {
-        seterr(err, errlen, "%s: %s", k->name, msg);
-        return -EINVAL;
-      }
-      break;
     case K_SWITCH: /* a double shares its field with a K_FRACTION key, which checks it */
       if (k->size == 1 && *p > 1) {
         seterr(err, errlen, "%s: %u is not 0 or 1", k->name, *p);

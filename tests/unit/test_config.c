@@ -111,6 +111,10 @@ static uint64_t get_u(const keel_config *cfg, const char *key) {
       {"shutdown.drain_delay", offsetof(keel_config, drain_delay_ms), 4},
       {"shutdown.drain_timeout", offsetof(keel_config, drain_timeout_ms), 4},
       {"log.buffer", offsetof(keel_config, log_buffer_bytes), 4},
+      {"tracing.batch_spans", offsetof(keel_config, trace_batch_spans), 4},
+      {"tracing.batch_delay", offsetof(keel_config, trace_batch_delay_ms), 4},
+      {"tracing.queue", offsetof(keel_config, trace_queue_bytes), 4},
+      {"tracing.export_timeout", offsetof(keel_config, trace_export_timeout_ms), 4},
   };
   for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
     if (strcmp(f[i].key, key) != 0) continue;
@@ -156,7 +160,29 @@ static const kcase cases[] = {
     {"log.buffer", "KEEL_LOG_BUFFER", "4MiB", 'u', 4 * MIB, 0},
     {"metrics.enabled", "KEEL_METRICS_ENABLED", "off", 'b', 0, 0},
     {"metrics.path", "KEEL_METRICS_PATH", "/internal/metrics", 'p', 0, 0},
+    {"tracing.endpoint", "KEEL_TRACING_ENDPOINT", "http://otel:4318", 'p', 0, 0},
+    {"tracing.sample_ratio", "KEEL_TRACING_SAMPLE_RATIO", "0.1", 'r', 0, 0.1},
+    {"tracing.service_name", "KEEL_TRACING_SERVICE_NAME", "checkout api", 'p', 0, 0},
+    {"tracing.gzip", "KEEL_TRACING_GZIP", "on", 'b', 1, 0},
+    {"tracing.response_header", "KEEL_TRACING_RESPONSE_HEADER", "true", 'b', 1, 0},
+    {"tracing.batch_spans", "KEEL_TRACING_BATCH_SPANS", "100", 'u', 100, 0},
+    {"tracing.batch_delay", "KEEL_TRACING_BATCH_DELAY", "200ms", 'u', 200, 0},
+    {"tracing.queue", "KEEL_TRACING_QUEUE", "64KiB", 'u', 64 * KIB, 0},
+    {"tracing.export_timeout", "KEEL_TRACING_EXPORT_TIMEOUT", "2s", 'u', 2000, 0},
 };
+
+/* The text and switch fields, by key. */
+static const char *str_field(const keel_config *cfg, const char *key) {
+  if (strcmp(key, "metrics.path") == 0) return cfg->metrics_path;
+  if (strcmp(key, "tracing.endpoint") == 0) return cfg->trace_endpoint;
+  return cfg->service_name;
+}
+
+static unsigned switch_field(const keel_config *cfg, const char *key) {
+  if (strcmp(key, "metrics.enabled") == 0) return cfg->metrics_enabled;
+  if (strcmp(key, "tracing.gzip") == 0) return cfg->trace_gzip;
+  return cfg->trace_response_header;
+}
 #define NCASES (sizeof cases / sizeof cases[0])
 
 static void check_case(const keel_config *cfg, const kcase *c) {
@@ -171,10 +197,13 @@ static void check_case(const keel_config *cfg, const kcase *c) {
     assert_true(cfg->access_log_sample == c->d);
     break;
   case 'b':
-    assert_int_equal(cfg->metrics_enabled, c->u);
+    assert_int_equal(switch_field(cfg, c->key), c->u);
     break;
   case 'p':
-    assert_string_equal(cfg->metrics_path, c->text);
+    assert_string_equal(str_field(cfg, c->key), c->text);
+    break;
+  case 'r':
+    assert_true(cfg->trace_sample_ratio == c->d);
     break;
   default:
     assert_int_equal(get_u(cfg, c->key), c->u);
@@ -227,6 +256,15 @@ static void test_defaults(void **state) {
   assert_int_equal(c.log_buffer_bytes, 1 * MIB);
   assert_int_equal(c.metrics_enabled, 1);
   assert_string_equal(c.metrics_path, "/metrics");
+  assert_string_equal(c.trace_endpoint, "");
+  assert_true(c.trace_sample_ratio == 1.0);
+  assert_string_equal(c.service_name, "keel");
+  assert_int_equal(c.trace_gzip, 0);
+  assert_int_equal(c.trace_response_header, 0);
+  assert_int_equal(c.trace_batch_spans, 512);
+  assert_int_equal(c.trace_batch_delay_ms, 1000);
+  assert_int_equal(c.trace_queue_bytes, 1 * MIB);
+  assert_int_equal(c.trace_export_timeout_ms, 10000);
   /* the rest of the listen field is zeroed */
   for (size_t i = strlen(c.listen); i < sizeof c.listen; i++) assert_int_equal(c.listen[i], 0);
   char err[256] = "";
@@ -307,7 +345,17 @@ static const char every_key_yaml[] = "# every key, nested\n"
                                      "  buffer: 4MiB\n"
                                      "metrics:\n"
                                      "  enabled: off\n"
-                                     "  path: /internal/metrics\n";
+                                     "  path: /internal/metrics\n"
+                                     "tracing:\n"
+                                     "  endpoint: http://otel:4318\n"
+                                     "  sample_ratio: 0.1\n"
+                                     "  service_name: checkout api\n"
+                                     "  gzip: on\n"
+                                     "  response_header: true\n"
+                                     "  batch_spans: 100\n"
+                                     "  batch_delay: 200ms\n"
+                                     "  queue: 64KiB\n"
+                                     "  export_timeout: 2s\n";
 
 static void test_yaml_every_key(void **state) {
   (void)state;
@@ -428,6 +476,13 @@ static void test_yaml_errors(void **state) {
       {"metrics:\n  path: metrics\n", "2: metrics.path: 'metrics' does not start with '/'"},
       {"metrics:\n  path: /m?x=1\n", "2: metrics.path: '/m?x=1': byte 2 is not allowed in a path"},
       {"metrics:\n  enabled: 2\n", "2: metrics.enabled: '2' is not one of on, off, true, false"},
+      {"tracing:\n  endpoint: https://c:4318\n",
+       "2: tracing.endpoint: 'https://c:4318': https is not supported yet (use http:// to a local "
+       "collector)"},
+      {"tracing:\n  endpoint: otel:4318\n",
+       "2: tracing.endpoint: 'otel:4318' is not http://HOST[:PORT][/PATH]"},
+      {"tracing:\n  endpoint: http://otel:0\n", "2: tracing.endpoint: 'http://otel:0': bad port"},
+      {"tracing:\n  sample_ratio: 2\n", "2: tracing.sample_ratio: 2 is out of range 0..1"},
       {"log:\n  access_sample: 1.5\n", "2: log.access_sample: 1.5 is out of range 0..1"},
       {"listen: 10.0.0.1\n",
        "1: listen: '10.0.0.1' is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, "
@@ -599,6 +654,50 @@ static void test_env_errors(void **state) {
   assert_string_equal(err, "KEEL_LOG_ACCESS_SAMPLE: conflicts with KEEL_LOG_ACCESS (set only one)");
   clear_env();
   assert_cfg_equal(&cfg, &before);
+}
+
+static const char *const otel_vars[] = {
+    "OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_COMPRESSION", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"};
+
+static void test_env_otel(void **state) {
+  (void)state;
+  keel_config cfg;
+  char err[256] = "";
+  keel_config_init(&cfg);
+  setenv("OTEL_SERVICE_NAME", "orders", 1);
+  setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318", 1);
+  setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip", 1);
+  setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio", 1);
+  setenv("OTEL_TRACES_SAMPLER_ARG", "0.25", 1);
+  assert_int_equal(keel_config_apply_env(&cfg, err, sizeof err), 0);
+  assert_string_equal(cfg.service_name, "orders");
+  assert_string_equal(cfg.trace_endpoint, "http://base:4318");
+  assert_int_equal(cfg.trace_gzip, 1);
+  assert_true(cfg.trace_sample_ratio == 0.25);
+  /* the traces-specific endpoint beats the generic one; KEEL_* beats OTEL_* */
+  setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/v1/traces", 1);
+  setenv("KEEL_TRACING_SERVICE_NAME", "keel-orders", 1);
+  assert_int_equal(keel_config_apply_env(&cfg, err, sizeof err), 0);
+  assert_string_equal(cfg.trace_endpoint, "http://traces:4318/v1/traces");
+  assert_string_equal(cfg.service_name, "keel-orders");
+  setenv("OTEL_TRACES_SAMPLER", "always_off", 1);
+  assert_int_equal(keel_config_apply_env(&cfg, err, sizeof err), 0);
+  assert_true(cfg.trace_sample_ratio == 0.0);
+  setenv("OTEL_TRACES_SAMPLER", "jaeger_remote", 1);
+  assert_int_equal(keel_config_apply_env(&cfg, err, sizeof err), -EINVAL);
+  assert_string_equal(err, "OTEL_TRACES_SAMPLER: 'jaeger_remote' is not supported (always_on, "
+                           "always_off, traceidratio and their parentbased_ forms are)");
+  setenv("OTEL_TRACES_SAMPLER", "traceidratio", 1);
+  setenv("OTEL_TRACES_SAMPLER_ARG", "3", 1);
+  assert_int_equal(keel_config_apply_env(&cfg, err, sizeof err), -EINVAL);
+  assert_string_equal(err, "OTEL_TRACES_SAMPLER_ARG: 3 is out of range 0..1");
+  unsetenv("OTEL_TRACES_SAMPLER");
+  setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", 1);
+  assert_int_equal(keel_config_apply_env(&cfg, err, sizeof err), -EINVAL);
+  assert_string_equal(err, "OTEL_EXPORTER_OTLP_COMPRESSION: 'zstd' is not gzip or none");
+  for (size_t i = 0; i < sizeof otel_vars / sizeof otel_vars[0]; i++) unsetenv(otel_vars[i]);
+  clear_env();
 }
 
 static void test_env_ignores_others(void **state) {
@@ -1060,6 +1159,7 @@ int main(void) {
       cmocka_unit_test_setup(test_set_errors, test_setup),
       cmocka_unit_test_setup(test_env_errors, test_setup),
       cmocka_unit_test_setup(test_env_ignores_others, test_setup),
+      cmocka_unit_test_setup(test_env_otel, test_setup),
       cmocka_unit_test_setup(test_durations, test_setup),
       cmocka_unit_test_setup(test_sizes, test_setup),
       cmocka_unit_test_setup(test_uints, test_setup),
