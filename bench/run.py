@@ -57,17 +57,26 @@ def wait_port(port, proc, timeout=20):
 
 # ---- the servers ------------------------------------------------------------------------------
 
-def server_cmd(name, port, workers, tmp):
+# keel's observability variants (issue 4): the default "keel" records metrics and does not trace.
+OBS_VARIANTS = ("keel-bare", "keel-obs")
+
+
+def server_cmd(name, port, workers, tmp, sink_port=None):
     """(argv, env, binary path) for a server; workers None means its default."""
     env = dict(os.environ)
     for k in list(env):
-        if k.startswith("KEEL_"):
+        if k.startswith(("KEEL_", "OTEL_")):
             del env[k]
-    if name == "keel":
+    if name.startswith("keel"):
         argv = [os.path.join(BUILD, "keel"), "serve", "--listen", "127.0.0.1:%d" % port]
         if workers:
             argv += ["--workers", str(workers)]
         env["KEEL_LOG_ACCESS"] = "off"  # the peers log nothing either
+        if name == "keel-bare":
+            env["KEEL_METRICS_ENABLED"] = "off"
+        elif name == "keel-obs":  # metrics on (the default) and 10% of traces to an OTLP sink
+            env["KEEL_TRACING_ENDPOINT"] = "http://127.0.0.1:%d" % sink_port
+            env["KEEL_TRACING_SAMPLE_RATIO"] = "0.1"
         return argv, env, argv[0]
     if name in ("go", "rust"):
         env["PORT"] = str(port)
@@ -85,9 +94,9 @@ def server_cmd(name, port, workers, tmp):
 
 
 class Server:
-    def __init__(self, name, workers, cpus, tmp):
+    def __init__(self, name, workers, cpus, tmp, sink_port=None):
         self.port = free_port()
-        argv, env, self.binary = server_cmd(name, self.port, workers, tmp)
+        argv, env, self.binary = server_cmd(name, self.port, workers, tmp, sink_port)
         if cpus:
             argv = ["taskset", "-c", cpus] + argv
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
@@ -232,10 +241,21 @@ def run_mode(cfg, names, mode, res, tmp):
     moments fall on all of them alike and the ratios compare like with like."""
     pinned = mode == "pinned"
     gen_cpu = "1" if pinned and NCPU > 1 else None
-    srvs = {}
+    if not pinned:
+        names = [n for n in names if n not in OBS_VARIANTS]  # their comparison is pinned only
+    srvs, sink = {}, None
     try:
+        if "keel-obs" in names:
+            # The OTLP endpoint of keel-obs: keel-load's test server answers every POST 200 at once
+            # (it reads and drops the bodies), on the generator's CPU, away from the servers'.
+            sink_port = free_port()
+            argv = [os.path.join(BUILD, "bench", "keel-load-testserver"), str(sink_port), "0"]
+            sink = subprocess.Popen((["taskset", "-c", gen_cpu] if gen_cpu else []) + argv,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(sink_port, sink)
         for name in names:
-            srvs[name] = Server(name, 1 if pinned else None, "0" if pinned else None, tmp)
+            srvs[name] = Server(name, 1 if pinned else None, "0" if pinned else None, tmp,
+                                sink_port if name == "keel-obs" else None)
         time.sleep(0.5)
         for name, srv in srvs.items():
             res[name].setdefault("binary_bytes", stripped_size(srv.binary))
@@ -250,6 +270,8 @@ def run_mode(cfg, names, mode, res, tmp):
         for rate in (cfg["rates"] if pinned else cfg["unpinned_rates"]):
             if not holding:
                 break
+            if rate != 10000:  # the observability variants are compared at 10k req/s only
+                holding = [n for n in holding if n not in OBS_VARIANTS]
             runs = {name: [] for name in holding}
             for rep in range(cfg["reps"]):
                 for name in holding:
@@ -265,6 +287,9 @@ def run_mode(cfg, names, mode, res, tmp):
     finally:
         for srv in srvs.values():
             srv.stop()
+        if sink:
+            sink.kill()
+            sink.wait()
 
 
 def run(cfg, servers):
@@ -350,7 +375,8 @@ def cpu_model():
 
 # ---- the report --------------------------------------------------------------------------------
 
-LABEL = {"keel": "keel", "rust": "Rust hyper", "go": "Go net/http", "nginx": "nginx (fixed)"}
+LABEL = {"keel": "keel", "rust": "Rust hyper", "go": "Go net/http", "nginx": "nginx (fixed)",
+         "keel-bare": "keel, metrics and tracing off", "keel-obs": "keel, metrics + tracing 10%"}
 
 
 def fmt_range(t, scale=1.0, digits=0):
@@ -428,6 +454,7 @@ def report(results, out_md, img_dir, cmdline):
         L.append("| %s | %d | %d | %d |" % (LABEL[s], results["servers"][s]["binary_bytes"],
                                           m["idle_rss_kb"], m["peak_rss_kb"]))
     L.append("")
+    L.extend(obs_cost(results))
     L.extend(ratios(results))
     prof = results.get("profile")
     if prof:
@@ -551,6 +578,40 @@ def ratios(results):
     return L
 
 
+def obs_cost(results):
+    """Issue 4: what metrics and 10% tracing cost, against keel with both off (pinned)."""
+    S = results["servers"]
+    bare, obs = (S.get(n, {}).get("pinned") for n in OBS_VARIANTS)
+    if not bare or not obs:
+        return []
+    L = ["## The cost of observability (issue 4)\n",
+         "keel three ways, side by side like the peers: metrics and tracing off "
+         "(`KEEL_METRICS_ENABLED=off`); the default (metrics on, no tracing; the \"keel\" rows "
+         "above); metrics on and 10% of traces exported over OTLP/HTTP to a local sink "
+         "(`KEEL_TRACING_ENDPOINT`, `KEEL_TRACING_SAMPLE_RATIO=0.1`).\n",
+         "| keel | max POST /echo req/s | per CPU-second | 10k req/s p99 (ms) | 10k req/s CPU % |",
+         "|---|---|---|---|---|"]
+    rows = [(n, S[n]["pinned"]) for n in ("keel-bare", "keel", "keel-obs") if S.get(n, {}).get("pinned")]
+    for n, m in rows:
+        r10 = at_rate(m, 10000)
+        L.append("| %s | %s | %.0f | %s | %s |" % (
+            LABEL[n], fmt_range(med(m["max"]["/echo"], "achieved_rate")), per_cpu(m["max"]["/echo"]),
+            fmt_range(med(r10, "latency_us", "p99"), 0.001, 3) if r10 else "-",
+            fmt_range(med(r10, "server_cpu_pct")) if r10 else "-"))
+    L.append("")
+    tb, to = med(bare["max"]["/echo"], "achieved_rate")[0], med(obs["max"]["/echo"], "achieved_rate")[0]
+    cb, co = per_cpu(bare["max"]["/echo"]), per_cpu(obs["max"]["/echo"])
+    L.append("- %s throughput cost: %.1f%% (%.0f vs %.0f req/s; per CPU-second %.1f%%), target <= 10%%"
+             % ("MET:" if to >= 0.9 * tb else "MISSED:", 100 * (1 - to / tb), to, tb, 100 * (1 - co / cb)))
+    b10, o10 = at_rate(bare, 10000), at_rate(obs, 10000)
+    if b10 and o10:
+        pb, po = med(b10, "latency_us", "p99")[0], med(o10, "latency_us", "p99")[0]
+        L.append("- %s p99 cost at 10k req/s: %+.0f us (%.3f vs %.3f ms), target <= +50 us"
+                 % ("MET:" if po - pb <= 50 else "MISSED:", po - pb, po / 1000, pb / 1000))
+    L.append("")
+    return L
+
+
 def plots(results, img_dir):
     if not shutil.which("gnuplot"):
         log("gnuplot not found: no plots")
@@ -558,7 +619,7 @@ def plots(results, img_dir):
     os.makedirs(img_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="keel-plot-")
     S = results["servers"]
-    names = [s for s in S if S[s].get("pinned")]
+    names = [s for s in S if S[s].get("pinned") and s not in OBS_VARIANTS]
     for s in names:
         with open(os.path.join(tmp, s + ".dat"), "w") as f:
             for rr in S[s]["pinned"]["rates"]:
@@ -595,17 +656,17 @@ def main():
                     help="no measuring: render benchmarks.md and the plots again from a recorded run")
     a = ap.parse_args()
     if a.smoke:
-        cfg = dict(reps=1, seconds=2, warmup=1, conns=16, rates=[2000], modes=["pinned"],
+        cfg = dict(reps=1, seconds=2, warmup=1, conns=16, rates=[10000], modes=["pinned"],
                    unpinned_rates=[], max_other=1000, smoke=True)
-        servers = ["keel"]
+        servers = ["keel", "keel-bare", "keel-obs"]
     elif a.quick:
         cfg = dict(reps=1, seconds=3, warmup=1, conns=64, rates=[10000, 40000], modes=["pinned"],
                    unpinned_rates=[], max_other=100, smoke=False)
-        servers = ["keel", "rust", "go", "nginx"]
+        servers = ["keel", "rust", "go", "nginx"] + list(OBS_VARIANTS)
     else:
         cfg = dict(reps=3, seconds=8, warmup=2, conns=64, rates=[10000, 20000, 40000, 80000, 160000],
                    modes=["pinned", "unpinned"], unpinned_rates=[10000, 40000], max_other=10, smoke=False)
-        servers = ["keel", "rust", "go", "nginx"]
+        servers = ["keel", "rust", "go", "nginx"] + list(OBS_VARIANTS)
     if a.servers:
         servers = a.servers.split(",")
     out = a.out or os.path.join(ROOT, "docs")
