@@ -456,7 +456,7 @@ static void peer_format(kl_conn *c) {
   }
 }
 
-static void access_log(kl_conn *c, keel_req *req, uint64_t us) {
+static void access_log(kl_conn *c, keel_req *req, const kl_route *r, uint64_t us) {
   kl_worker *w = c->w;
   double sample = w->srv->cfg.access_log_sample;
   if (sample <= 0 || !kl_log_enabled(w->srv->log, KEEL_LOG_INFO)) return;
@@ -471,6 +471,7 @@ static void access_log(kl_conn *c, keel_req *req, uint64_t us) {
   keel_str m = keel_req_method(req), p = keel_req_path(req);
   kl_line_str(&l, "http.request.method", m.ptr, m.len);
   kl_line_str(&l, "url.path", p.ptr, p.len);
+  if (r) kl_line_str(&l, "http.route", r->path, r->path_len);
   kl_line_int(&l, "http.response.status_code", req->status);
   kl_line_int(&l, "http.response.body.size", (int64_t)req->resp_body_len);
   kl_line_fixed(&l, "duration_ms", (int64_t)us, 3);
@@ -539,7 +540,7 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
   uint64_t us = kl_now_us() - c->req_start;
   if (req->responded) kl_stats_request(w, slot, req->status, us);
   kl_stats_add(w, w->srv->stats.in_flight, (uint64_t)-1);
-  access_log(c, req, us);
+  access_log(c, req, r, us);
   kl_arena_reset(&w->arena);
   if (!conn_keeps(c)) c->closing = 1;
   c->in_start += req_end;

@@ -278,8 +278,9 @@ def test_access_log_line():
     assert len(reqs) == 2, "want one line per request: %r" % reqs
     a, b = reqs
     assert a["http.request.method"] == "GET" and a["url.path"] == "/", a
-    assert a["http.response.status_code"] == 200, a
+    assert a["http.response.status_code"] == 200 and a["http.route"] == "/", a
     assert b["http.response.status_code"] == 404 and b["url.path"] == "/nope", b
+    assert "http.route" not in b, "no route matched, so no http.route: %r" % b
     for l in reqs:
         assert TS.match(l["ts"]), "ts %r is not RFC 3339 UTC with milliseconds" % l["ts"]
         assert l["level"] == "info", l
