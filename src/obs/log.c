@@ -2,6 +2,7 @@
 #include "obs/log.h"
 
 #include "core/ring.h"
+#include "core/utf8.h"
 
 #include <errno.h>
 #include <math.h>
@@ -379,30 +380,6 @@ uint64_t kl_log_dropped(const kl_log *log) {
 
 static const char hexdig[] = "0123456789abcdef";
 
-/* Length of the valid UTF-8 sequence at s (RFC 3629: no overlongs, no surrogates), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n) {
-  unsigned c = s[0];
-  size_t len;
-  unsigned lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
-  if (c >= 0xc2 && c <= 0xdf) {
-    len = 2;
-  } else if (c >= 0xe0 && c <= 0xef) {
-    len = 3;
-    if (c == 0xe0) lo = 0xa0;
-    if (c == 0xed) hi = 0x9f;
-  } else if (c >= 0xf0 && c <= 0xf4) {
-    len = 4;
-    if (c == 0xf0) lo = 0x90;
-    if (c == 0xf4) hi = 0x8f;
-  } else {
-    return 0;
-  }
-  if (n < len || s[1] < lo || s[1] > hi) return 0;
-  for (size_t i = 2; i < len; i++)
-    if (s[i] < 0x80 || s[i] > 0xbf) return 0;
-  return len;
-}
-
 /* 1 for the bytes JSON strings carry as they are: printable ASCII but '"' and '\\'. */
 static const unsigned char plain_tab[256] = {
 #define P4 1, 1, 1, 1
@@ -457,7 +434,7 @@ static size_t json_escape(char *dst, size_t cap, const char *src, size_t n, size
         u[5] = hexdig[c & 15];
         ulen = 6;
       } else {
-        slen = utf8_seq(s + i, n - i);
+        slen = kl_utf8_seq(s + i, n - i); /* c >= 0x80 here: 0 or 2..4 */
         if (slen) {
           unit = (const char *)s + i;
           ulen = slen;
