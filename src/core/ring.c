@@ -11,7 +11,8 @@
 size_t kl_ring_size(size_t want) {
   if (want > KL_RING_MAX) return 0;
   size_t n = KL_RING_MIN;
-  while (n < want) n <<= 1;
+  while (n < want)
+    n <<= 1;
   return n;
 }
 
@@ -34,7 +35,8 @@ void kl_ring_destroy(kl_ring *r) {
 
 int kl_ring_pushv(kl_ring *r, const struct iovec *v, size_t n) {
   size_t total = 0;
-  for (size_t i = 0; i < n; i++) total += v[i].iov_len;
+  for (size_t i = 0; i < n; i++)
+    total += v[i].iov_len;
   size_t cap = r->mask + 1;
   size_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
   if (cap - (head - r->tail_cache) < total) {

@@ -32,16 +32,19 @@ typedef struct kl_ring {
   size_t mask; /* size - 1 */
 } kl_ring;
 
-/** The ring size for a request of `want` bytes: a power of two >= KL_RING_MIN, or 0 when over KL_RING_MAX. */
+/** The ring size for a request of `want` bytes: a power of two >= KL_RING_MIN, or 0 when over
+ * KL_RING_MAX. */
 size_t kl_ring_size(size_t want);
 
-/** Allocates a ring of `bytes` (a kl_ring_size() result). 0, -EINVAL or -ENOMEM. Any thread, before use. */
+/** Allocates a ring of `bytes` (a kl_ring_size() result). 0, -EINVAL or -ENOMEM. Any thread, before
+ * use. */
 int kl_ring_init(kl_ring *r, size_t bytes);
 
 /** Frees the buffer. No thread may use the ring any more. NULL buffer ok (after a failed init). */
 void kl_ring_destroy(kl_ring *r);
 
-/** Producer: copies the `n` pieces in as one record. 0, or -ENOBUFS when it does not fit (counted). */
+/** Producer: copies the `n` pieces in as one record. 0, or -ENOBUFS when it does not fit (counted).
+ */
 int kl_ring_pushv(kl_ring *r, const struct iovec *v, size_t n);
 
 /** Producer: kl_ring_pushv of one piece. */
@@ -78,8 +81,8 @@ uint64_t kl_ring_dropped(const kl_ring *r);
  * is worth it; its meaning is the user's.
  */
 typedef struct kl_waker {
-  int efd;            /* eventfd the consumer sleeps on */
-  _Atomic int mode;   /* 0: awake; else armed with that mode */
+  int efd;          /* eventfd the consumer sleeps on */
+  _Atomic int mode; /* 0: awake; else armed with that mode */
 } kl_waker;
 
 /** Creates the eventfd. 0 or negative errno. */

@@ -36,7 +36,8 @@ static void test_wrap_and_drop(void **state) {
   unsigned char in[64], out[64];
   for (unsigned seq = 0; seq < 500; seq++) {
     size_t n = 1 + seq % 40;
-    for (size_t i = 0; i < n; i++) in[i] = (unsigned char)(seq + i);
+    for (size_t i = 0; i < n; i++)
+      in[i] = (unsigned char)(seq + i);
     struct iovec v[2] = {{in, n / 2}, {in + n / 2, n - n / 2}};
     assert_int_equal(kl_ring_pushv(&r, v, 2), 0);
     assert_int_equal(kl_ring_used(&r), n);
@@ -97,8 +98,10 @@ static void test_waker(void **state) {
     assert_int_equal(pthread_create(&th, NULL, wake_producer, &a), 0);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (!atomic_load_explicit(&data, memory_order_relaxed)) kl_waker_sleep(&w, 5000);
-    else kl_waker_disarm(&w);
+    if (!atomic_load_explicit(&data, memory_order_relaxed))
+      kl_waker_sleep(&w, 5000);
+    else
+      kl_waker_disarm(&w);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     assert_true(t1.tv_sec - t0.tv_sec < 2); /* woken, not timed out */
     assert_int_equal(atomic_load_explicit(&data, memory_order_relaxed), 1);
