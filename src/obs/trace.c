@@ -381,7 +381,7 @@ uint64_t kl_trace_now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* ---- spans ------------------------------------------------------------------- */
+/* ---- spans: the producer thread ---------------------------------------------- */
 
 void kl_span_begin(kl_span *s, const kl_trace_ctx *ctx, const uint8_t *parent_span_id,
                    const char *tracestate, size_t tslen, const char *name, size_t nlen, int kind,
@@ -630,7 +630,7 @@ void kl_tracer_stats(const kl_tracer *t, kl_trace_stats *out) {
   out->export_failures = atomic_load_explicit(&t->failures, memory_order_relaxed);
 }
 
-/* ---- exporter: the batch ----------------------------------------------------- */
+/* ---- exporter thread: the batch ---------------------------------------------- */
 
 /* Exporter: moves whole spans from the rings into the batch until it is full. */
 static void fill_batch(kl_tracer *t, uint64_t now) {
@@ -710,7 +710,7 @@ static int gzip_body(exporter *x, size_t plen) {
   return 0;
 }
 
-/* ---- exporter: a minimal HTTP/1.1 client --------------------------------------- */
+/* ---- exporter thread: a minimal HTTP/1.1 client -------------------------------- */
 
 /* Waits for `events` on fd until `deadline`. 0, -ETIMEDOUT, or negative errno. */
 static int io_wait(int fd, short events, uint64_t deadline) {
@@ -1026,7 +1026,7 @@ static int http_post(kl_tracer *t, struct iovec *body, int nbody, size_t body_le
   return rc;
 }
 
-/* ---- exporter: sending and retrying -------------------------------------------- */
+/* ---- exporter thread: sending and retrying ------------------------------------- */
 
 static bool retryable_status(int status) {
   return status == 429 || status == 502 || status == 503 || status == 504;
@@ -1201,7 +1201,7 @@ static void *exporter_main(void *arg) {
   return NULL;
 }
 
-/* ---- setup ---------------------------------------------------------------------- */
+/* ---- setup: kl_tracer_new's caller ---------------------------------------------- */
 
 static void set_err(char *err, size_t errlen, const char *msg) {
   if (err && errlen) snprintf(err, errlen, "%s", msg);

@@ -58,7 +58,8 @@ int kl_tracestate_valid(const char *s, size_t len);
 
 /* ---- ids and sampling ----------------------------------------------------- */
 
-/** A per-thread id generator (xoshiro256**). Not shared between threads. */
+/** A per-thread id generator (xoshiro256**). Not shared between threads; kl_trace_rng_init first.
+ */
 typedef struct kl_trace_rng {
   uint64_t s[4];
 } kl_trace_rng;
@@ -191,6 +192,8 @@ kl_tracer *kl_tracer_new(const kl_trace_config *cfg, char *err, size_t errlen);
  * Any thread, once every producer is done with its queue. Exports what is
  * queued (for at most export_timeout_ms; what is left then counts as
  * dropped_export_failed), stops the exporter, frees every queue. NULL ok.
+ * Every socket wait is bounded; resolving a host name (getaddrinfo) is not,
+ * so give a numeric address where a stuck DNS must not delay shutdown.
  */
 void kl_tracer_free(kl_tracer *t);
 
