@@ -219,10 +219,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _finish(self, rx, rec, status, error=None, spans=None):
         rec["error"] = error
         plan = rx._next_answer() if status is None else {"status": status}
-        if plan.get("delay"):
-            time.sleep(plan["delay"])
         st = plan.get("status", 200)
         rec["status"] = st
+        # Recorded before the answer goes out: a sender that saw the answer finds it here.
+        # Only answered-with-2xx spans count as received: a sender retries the others.
+        rx._record(rec, spans if 200 <= st < 300 else None)
+        if plan.get("delay"):
+            time.sleep(plan["delay"])
         body = plan.get("body")
         if body is None:
             body = ExportTraceServiceResponse().SerializeToString() if st < 300 else b""
@@ -236,8 +239,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
-        # Only answered-with-2xx spans count as received: a sender retries the others.
-        rx._record(rec, spans if 200 <= st < 300 else None)
 
 
 class _Server(http.server.ThreadingHTTPServer):
