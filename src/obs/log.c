@@ -1,6 +1,9 @@
 /* log.c - JSON-lines logger: per-thread lock-free rings drained to a fd by one writer thread. */
 #include "obs/log.h"
 
+#include "core/ring.h"
+#include "core/utf8.h"
+
 #include <errno.h>
 #include <math.h>
 #include <poll.h>
@@ -11,53 +14,35 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 /*
- * Layout: every queue is a single-producer/single-consumer byte ring. `head`
- * and `tail` count bytes ever pushed/consumed (they only grow; the ring offset
- * is the count masked by the power-of-two size). The ring only ever holds
- * whole lines, so the writer can copy [tail, head) straight to the fd.
- *
- * Wake-up protocol (a Dekker pair, hence the seq_cst fences):
- *   producer: store head; fence; if sleeping: clear it, write the eventfd
- *   writer:   store sleeping=1; fence; if any ring has data: don't sleep
- * Either the producer sees the flag or the writer sees the data, so a line is
- * never left waiting for the safety-net timeout, and a busy writer (flag
- * clear) costs producers no syscall at all.
+ * Layout: every queue is a kl_ring (core/ring.h) that only ever holds whole
+ * lines, so the writer can copy [tail, head) straight to the fd. The writer
+ * sleeps on a kl_waker: a producer that finds it armed wakes it, so a line is
+ * never left waiting for the safety-net timeout, and a busy writer costs
+ * producers no syscall at all.
  */
 
 enum {
   LOG_MAX_QUEUES = 256, /* registry capacity: fallback + bound threads */
   LOG_WAKE_MS = 100,    /* writer's safety-net poll timeout */
-  LOG_CACHELINE = 64,
+  LOG_ARMED = 1,        /* waker mode: any line wakes the writer */
 };
 #define LOG_RING_DEFAULT ((size_t)64 * 1024) /* ring_bytes == 0 */
-#define LOG_RING_MIN ((size_t)64)
-#define LOG_RING_MAX ((size_t)1 << 30)
 #define LOG_EXIT_WAIT_S 2 /* kl_log_free waits this long for a blocked fd, then cancels */
 
 struct kl_logq {
-  /* Written by the producer. */
-  _Alignas(LOG_CACHELINE) _Atomic size_t head; /* bytes ever pushed */
-  size_t tail_cache;                           /* producer's last view of tail */
-  _Atomic uint64_t dropped;                    /* lines dropped (producer-written) */
-  /* Written by the writer thread. */
-  _Alignas(LOG_CACHELINE) _Atomic size_t tail; /* bytes ever written out */
-  /* Immutable after creation. */
-  _Alignas(LOG_CACHELINE) char *ring;
-  size_t mask;           /* ring size - 1 */
-  kl_log *log;           /* owner: its writer is the consumer */
+  kl_ring ring;          /* the producer's lines; the writer is the consumer */
+  kl_log *log;           /* owner */
   pthread_mutex_t *lock; /* fallback queue only: serializes its producers */
 };
 
 struct kl_log {
   /* Immutable after kl_log_new. */
   int fd;
-  int efd; /* eventfd the writer sleeps on */
   keel_log_level min_level;
   uint64_t id; /* unique per process, never reused: guards thread-local bindings */
   size_t ring_bytes;
@@ -70,10 +55,10 @@ struct kl_log {
   _Atomic size_t nqueues;
   _Atomic uint64_t lost; /* lines lost to write errors (writer-written) */
   /* Shared flags, away from the rest. */
-  _Alignas(LOG_CACHELINE) _Atomic int sleeping;
+  _Alignas(KL_CACHELINE) kl_waker waker;
   _Atomic int stop;
   /* Writer-thread private state. */
-  _Alignas(LOG_CACHELINE) uint64_t reported; /* drops already reported */
+  _Alignas(KL_CACHELINE) uint64_t reported; /* drops already reported */
   struct iovec iov[2 * LOG_MAX_QUEUES];
   kl_logq *iov_owner[2 * LOG_MAX_QUEUES];
 };
@@ -91,29 +76,15 @@ static _Thread_local char tl_ts_text[19];
 
 /* ---- queues ------------------------------------------------------------- */
 
-static size_t ring_size(size_t want) {
-  if (want == 0) return LOG_RING_DEFAULT;
-  if (want > LOG_RING_MAX) return 0;
-  size_t n = LOG_RING_MIN;
-  while (n < want) n <<= 1;
-  return n;
-}
-
 static kl_logq *queue_new(kl_log *log, size_t bytes, pthread_mutex_t *lock) {
-  kl_logq *q = aligned_alloc(LOG_CACHELINE, sizeof *q);
+  kl_logq *q = aligned_alloc(KL_CACHELINE, sizeof *q);
   if (!q) return NULL;
-  memset(q, 0, sizeof *q);
-  q->ring = malloc(bytes);
-  if (!q->ring) {
+  int rc = kl_ring_init(&q->ring, bytes);
+  if (rc != 0) {
     free(q);
-    errno = ENOMEM;
+    errno = -rc;
     return NULL;
   }
-  atomic_init(&q->head, 0);
-  atomic_init(&q->tail, 0);
-  atomic_init(&q->dropped, 0);
-  q->tail_cache = 0;
-  q->mask = bytes - 1;
   q->log = log;
   q->lock = lock;
   return q;
@@ -121,7 +92,7 @@ static kl_logq *queue_new(kl_log *log, size_t bytes, pthread_mutex_t *lock) {
 
 static void queue_free(kl_logq *q) {
   if (!q) return;
-  free(q->ring);
+  kl_ring_destroy(&q->ring);
   free(q);
 }
 
@@ -139,43 +110,16 @@ static int queue_register(kl_log *log, kl_logq *q) {
   return rc;
 }
 
-/* Producer side: copies a whole line in, or counts it dropped. Never blocks. */
-static int ring_push(kl_logq *q, const char *p, size_t n) {
-  size_t cap = q->mask + 1;
-  size_t head = atomic_load_explicit(&q->head, memory_order_relaxed);
-  if (cap - (head - q->tail_cache) < n) {
-    q->tail_cache = atomic_load_explicit(&q->tail, memory_order_acquire);
-    if (cap - (head - q->tail_cache) < n) {
-      /* Only this producer writes `dropped`: no read-modify-write needed. */
-      uint64_t d = atomic_load_explicit(&q->dropped, memory_order_relaxed);
-      atomic_store_explicit(&q->dropped, d + 1, memory_order_relaxed);
-      return -ENOBUFS;
-    }
-  }
-  size_t off = head & q->mask;
-  size_t first = cap - off < n ? cap - off : n;
-  memcpy(q->ring + off, p, first);
-  if (n > first) memcpy(q->ring, p + first, n - first);
-  atomic_store_explicit(&q->head, head + n, memory_order_release);
-  return 0;
-}
-
 /* Wakes the writer if (and only if) it announced it is going to sleep. */
 static void wake_writer(kl_log *log) {
-  atomic_thread_fence(memory_order_seq_cst);
-  if (atomic_load_explicit(&log->sleeping, memory_order_relaxed) &&
-      atomic_exchange_explicit(&log->sleeping, 0, memory_order_relaxed)) {
-    uint64_t one = 1;
-    ssize_t r = write(log->efd, &one, sizeof one);
-    (void)r; /* EAGAIN: the counter is already non-zero, the writer will wake */
-  }
+  if (kl_waker_armed(&log->waker)) kl_waker_wake(&log->waker);
 }
 
 static uint64_t dropped_total(const kl_log *log) {
   size_t nq = atomic_load_explicit(&log->nqueues, memory_order_acquire);
   uint64_t total = atomic_load_explicit(&log->lost, memory_order_relaxed);
   for (size_t i = 0; i < nq; i++)
-    total += atomic_load_explicit(&log->queues[i]->dropped, memory_order_relaxed);
+    total += kl_ring_dropped(&log->queues[i]->ring);
   return total;
 }
 
@@ -197,24 +141,10 @@ static size_t gather(kl_log *log) {
   size_t k = 0;
   for (size_t i = 0; i < nq; i++) {
     kl_logq *q = log->queues[i];
-    size_t tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
-    size_t head = atomic_load_explicit(&q->head, memory_order_acquire);
-    if (head == tail) continue;
-    size_t cap = q->mask + 1, off = tail & q->mask, n = head - tail;
-    size_t first = cap - off < n ? cap - off : n;
-    log->iov[k] = (struct iovec){.iov_base = q->ring + off, .iov_len = first};
-    log->iov_owner[k++] = q;
-    if (n > first) {
-      log->iov[k] = (struct iovec){.iov_base = q->ring, .iov_len = n - first};
-      log->iov_owner[k++] = q;
-    }
+    size_t nv = kl_ring_peek(&q->ring, kl_ring_readable(&q->ring), log->iov + k);
+    for (size_t j = 0; j < nv; j++) log->iov_owner[k++] = q;
   }
   return k;
-}
-
-static void advance_tail(kl_logq *q, size_t n) {
-  size_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);
-  atomic_store_explicit(&q->tail, t + n, memory_order_release);
 }
 
 /* Gives ring space back as soon as bytes are out, so producers can refill. */
@@ -222,7 +152,7 @@ static void consume(kl_log *log, size_t *cur, size_t niov, size_t n) {
   while (n > 0 && *cur < niov) {
     struct iovec *v = &log->iov[*cur];
     size_t take = n < v->iov_len ? n : v->iov_len;
-    advance_tail(log->iov_owner[*cur], take);
+    kl_ring_consume(&log->iov_owner[*cur]->ring, take);
     v->iov_base = (char *)v->iov_base + take;
     v->iov_len -= take;
     n -= take;
@@ -242,7 +172,7 @@ static void discard(kl_log *log, size_t cur, size_t niov) {
       n -= (size_t)(nl + 1 - p);
       p = nl + 1;
     }
-    advance_tail(log->iov_owner[i], log->iov[i].iov_len);
+    kl_ring_consume(&log->iov_owner[i]->ring, log->iov[i].iov_len);
   }
   uint64_t l = atomic_load_explicit(&log->lost, memory_order_relaxed);
   atomic_store_explicit(&log->lost, l + lines, memory_order_relaxed);
@@ -310,12 +240,8 @@ static void drain(kl_log *log) {
 
 static bool has_work(kl_log *log) {
   size_t nq = atomic_load_explicit(&log->nqueues, memory_order_acquire);
-  for (size_t i = 0; i < nq; i++) {
-    kl_logq *q = log->queues[i];
-    if (atomic_load_explicit(&q->head, memory_order_relaxed) !=
-        atomic_load_explicit(&q->tail, memory_order_relaxed))
-      return true;
-  }
+  for (size_t i = 0; i < nq; i++)
+    if (!kl_ring_empty(&log->queues[i]->ring)) return true;
   return dropped_total(log) != log->reported;
 }
 
@@ -326,19 +252,12 @@ static void *writer_main(void *arg) {
     int stopping = atomic_load_explicit(&log->stop, memory_order_acquire);
     drain(log);
     if (stopping) break;
-    atomic_store_explicit(&log->sleeping, 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_seq_cst);
+    kl_waker_arm(&log->waker, LOG_ARMED);
     if (has_work(log) || atomic_load_explicit(&log->stop, memory_order_relaxed)) {
-      atomic_store_explicit(&log->sleeping, 0, memory_order_relaxed);
+      kl_waker_disarm(&log->waker);
       continue;
     }
-    struct pollfd p = {.fd = log->efd, .events = POLLIN};
-    if (poll(&p, 1, LOG_WAKE_MS) > 0) {
-      uint64_t v;
-      ssize_t r = read(log->efd, &v, sizeof v);
-      (void)r;
-    }
-    atomic_store_explicit(&log->sleeping, 0, memory_order_relaxed);
+    kl_waker_sleep(&log->waker, LOG_WAKE_MS);
   }
   return NULL;
 }
@@ -348,19 +267,19 @@ static void *writer_main(void *arg) {
 static void log_release(kl_log *log) {
   size_t nq = atomic_load_explicit(&log->nqueues, memory_order_acquire);
   for (size_t i = 0; i < nq; i++) queue_free(log->queues[i]);
-  if (log->efd >= 0) close(log->efd);
+  kl_waker_destroy(&log->waker);
   pthread_mutex_destroy(&log->fallback_lock);
   pthread_mutex_destroy(&log->reg_lock);
   free(log);
 }
 
 kl_log *kl_log_new(int fd, size_t ring_bytes, keel_log_level min_level) {
-  size_t bytes = ring_size(ring_bytes);
+  size_t bytes = kl_ring_size(ring_bytes ? ring_bytes : LOG_RING_DEFAULT);
   if (fd < 0 || bytes == 0) {
     errno = EINVAL;
     return NULL;
   }
-  kl_log *log = aligned_alloc(LOG_CACHELINE, sizeof *log);
+  kl_log *log = aligned_alloc(KL_CACHELINE, sizeof *log);
   if (!log) return NULL;
   memset(log, 0, sizeof *log);
   log->fd = fd;
@@ -369,12 +288,14 @@ kl_log *kl_log_new(int fd, size_t ring_bytes, keel_log_level min_level) {
   log->id = atomic_fetch_add_explicit(&log_next_id, 1, memory_order_relaxed) + 1;
   atomic_init(&log->nqueues, 0);
   atomic_init(&log->lost, 0);
-  atomic_init(&log->sleeping, 0);
   atomic_init(&log->stop, 0);
   pthread_mutex_init(&log->fallback_lock, NULL);
   pthread_mutex_init(&log->reg_lock, NULL);
-  log->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (log->efd < 0) goto fail;
+  int wrc = kl_waker_init(&log->waker);
+  if (wrc != 0) {
+    errno = -wrc;
+    goto fail;
+  }
   log->fallback = queue_new(log, bytes, &log->fallback_lock);
   if (!log->fallback) goto fail;
   if (queue_register(log, log->fallback) != 0) { /* cannot happen: registry is empty */
@@ -405,9 +326,7 @@ fail: {
 void kl_log_free(kl_log *log) {
   if (!log) return;
   atomic_store_explicit(&log->stop, 1, memory_order_seq_cst);
-  uint64_t one = 1;
-  ssize_t r = write(log->efd, &one, sizeof one);
-  (void)r;
+  kl_waker_kick(&log->waker);
   /* A stdout nobody reads must not keep the process from exiting: wait 2 s at most, then
    * cancel the writer (it holds no lock; writev and poll are cancellation points). */
   struct timespec until;
@@ -460,30 +379,6 @@ uint64_t kl_log_dropped(const kl_log *log) {
 #define LINE_END (KL_LINE_MAX - 2)
 
 static const char hexdig[] = "0123456789abcdef";
-
-/* Length of the valid UTF-8 sequence at s (RFC 3629: no overlongs, no surrogates), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n) {
-  unsigned c = s[0];
-  size_t len;
-  unsigned lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
-  if (c >= 0xc2 && c <= 0xdf) {
-    len = 2;
-  } else if (c >= 0xe0 && c <= 0xef) {
-    len = 3;
-    if (c == 0xe0) lo = 0xa0;
-    if (c == 0xed) hi = 0x9f;
-  } else if (c >= 0xf0 && c <= 0xf4) {
-    len = 4;
-    if (c == 0xf0) lo = 0x90;
-    if (c == 0xf4) hi = 0x8f;
-  } else {
-    return 0;
-  }
-  if (n < len || s[1] < lo || s[1] > hi) return 0;
-  for (size_t i = 2; i < len; i++)
-    if (s[i] < 0x80 || s[i] > 0xbf) return 0;
-  return len;
-}
 
 /* 1 for the bytes JSON strings carry as they are: printable ASCII but '"' and '\\'. */
 static const unsigned char plain_tab[256] = {
@@ -539,7 +434,7 @@ static size_t json_escape(char *dst, size_t cap, const char *src, size_t n, size
         u[5] = hexdig[c & 15];
         ulen = 6;
       } else {
-        slen = utf8_seq(s + i, n - i);
+        slen = kl_utf8_seq(s + i, n - i); /* c >= 0x80 here: 0 or 2..4 */
         if (slen) {
           unit = (const char *)s + i;
           ulen = slen;
@@ -741,10 +636,10 @@ int kl_line_end(kl_line *l, kl_logq *q) {
   int rc;
   if (q->lock) {
     pthread_mutex_lock(q->lock);
-    rc = ring_push(q, l->buf, l->len);
+    rc = kl_ring_push(&q->ring, l->buf, l->len);
     pthread_mutex_unlock(q->lock);
   } else {
-    rc = ring_push(q, l->buf, l->len);
+    rc = kl_ring_push(&q->ring, l->buf, l->len);
   }
   /* A drop wakes the writer too, so it reports the drop promptly. */
   wake_writer(q->log);
