@@ -1,12 +1,20 @@
 /* hello.c - the article's "Hello, Cloud-Native" service on libkeel: one route, JSON access log,
- * probes, Prometheus metrics with one of its own, graceful shutdown on SIGTERM.
+ * probes, Prometheus metrics with one of its own, OpenTelemetry tracing with a child span,
+ * graceful shutdown on SIGTERM.
  * Build: make; run: build/examples/hello */
 #include <stdio.h>
 #include <keel/keel.h>
 #include <keel/metrics.h>
+#include <keel/trace.h>
 
 static void hello(keel_req *req, void *greetings) {
   keel_counter_add(greetings, 1); /* lock-free: this worker's own cell */
+  /* With KEEL_TRACING_ENDPOINT set, this shows as a child of the request's span; otherwise
+   * (or when the request is not sampled) these calls cost next to nothing. */
+  keel_span *span = keel_span_start(req, "compose greeting", KEEL_SPAN_INTERNAL);
+  keel_span_attr(span, "greeting.language", "en");
+  keel_span_end(span);
+  keel_req_attr(req, "greeting.kind", "hello");
   keel_respond(req, 200, "text/plain", "Hello, cloud native!", 20);
 }
 

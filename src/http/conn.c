@@ -456,6 +456,11 @@ static void peer_format(kl_conn *c) {
   }
 }
 
+const char *kl_conn_peer(kl_conn *c) {
+  if (!c->peer_text[0]) peer_format(c);
+  return c->peer_text;
+}
+
 static void access_log(kl_conn *c, keel_req *req, const kl_route *r, uint64_t us) {
   kl_worker *w = c->w;
   double sample = w->srv->cfg.access_log_sample;
@@ -506,6 +511,7 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
                                     base + c->head.path_off, c->head.path_len, allow,
                                     sizeof(allow));
   uint32_t slot;
+  kl_reqtrace_begin(w, req, r);
   if (r) {
     slot = r->slot + (c->head.is_head && r->method[0] == 'G'); /* HEAD on a GET route */
     r->handler(req, r->userdata);
@@ -541,6 +547,7 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
   if (req->responded) kl_stats_request(w, slot, req->status, us);
   kl_stats_add(w, w->srv->stats.in_flight, (uint64_t)-1);
   access_log(c, req, r, us);
+  kl_reqtrace_end(w, req, r, us);
   kl_arena_reset(&w->arena);
   if (!conn_keeps(c)) c->closing = 1;
   c->in_start += req_end;

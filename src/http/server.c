@@ -303,6 +303,9 @@ static void *worker_main(void *arg) {
   kl_worker *w = arg;
   w->logq = kl_log_bind(w->srv->log);
   if (w->mb) kl_metrics_bind(w->srv->metrics, w->id);
+  if (w->srv->tracer && !(w->traceq = kl_tracer_bind(w->srv->tracer)))
+    keel_log(w->srv, KEEL_LOG_ERROR, "tracing off on a worker: no span queue", "error",
+             strerror(errno), NULL); /* its requests are traced, their spans dropped */
   kl_loop_run(&w->loop);
   kl_conn_close_all(w);
   kl_conn_free_pool(w);
@@ -328,6 +331,7 @@ static int worker_init(keel_server *srv, kl_worker *w, unsigned id, int listen_f
   kl_buf_init(&w->hdrbuf, 16 * 1024);
   w->accept_timer.cb = worker_accept_resume;
   w->close_timer.cb = worker_close_listener;
+  kl_trace_rng_init(&w->ids); /* getrandom; a clock-seeded fallback still gives usable ids */
   w->hdrs = calloc(cfg->header_count_max, sizeof(*w->hdrs));
   if (!w->hdrs) return -ENOMEM;
   int rc = kl_loop_init(&w->loop, w->max_conns + 8);
@@ -370,6 +374,39 @@ static const char *addr_text(const keel_server *srv, char *buf, size_t n) {
   return buf;
 }
 
+/* Starts the OTLP exporter for tracing.endpoint: a base URL gets /v1/traces appended. */
+static int tracer_start(keel_server *srv) {
+  const keel_config *cfg = &srv->cfg;
+  char url[sizeof(cfg->trace_endpoint) + 16], err[256];
+  size_t n = strlen(cfg->trace_endpoint);
+  static const char suffix[] = "/v1/traces";
+  if (n >= sizeof(suffix) - 1 && strcmp(cfg->trace_endpoint + n - (sizeof(suffix) - 1), suffix) == 0)
+    snprintf(url, sizeof(url), "%s", cfg->trace_endpoint);
+  else
+    snprintf(url, sizeof(url), "%.*s%s", (int)(n && cfg->trace_endpoint[n - 1] == '/' ? n - 1 : n),
+             cfg->trace_endpoint, suffix);
+  kl_trace_config tc = {
+      .endpoint = url,
+      .service_name = cfg->service_name,
+      .service_version = KEEL_VERSION,
+      .compression = cfg->trace_gzip ? KL_TRACE_COMPRESS_GZIP : KL_TRACE_COMPRESS_NONE,
+      .batch_max_spans = cfg->trace_batch_spans,
+      .batch_delay_ms = cfg->trace_batch_delay_ms,
+      .export_timeout_ms = cfg->trace_export_timeout_ms,
+      .queue_bytes = cfg->trace_queue_bytes,
+  };
+  srv->tracer = kl_tracer_new(&tc, err, sizeof(err));
+  if (!srv->tracer) {
+    int rc = errno ? -errno : -EINVAL;
+    keel_log(srv, KEEL_LOG_ERROR, "cannot start tracing", "endpoint", url, "error", err, NULL);
+    return rc;
+  }
+  char ratio[32];
+  snprintf(ratio, sizeof(ratio), "%g", cfg->trace_sample_ratio);
+  keel_log(srv, KEEL_LOG_INFO, "tracing", "endpoint", url, "sample_ratio", ratio, NULL);
+  return 0;
+}
+
 /* Drain phases of the main thread. */
 enum { PH_RUN, PH_DELAY, PH_DRAIN, PH_DONE };
 
@@ -395,6 +432,7 @@ int keel_server_run(keel_server *srv) {
     rc = sfd < 0 ? -errno : -ENOMEM;
     goto out;
   }
+  if (cfg->trace_endpoint[0] && (rc = tracer_start(srv)) != 0) goto out;
   if (cfg->metrics_enabled && (rc = kl_stats_setup(srv, srv->nworkers)) != 0) {
     keel_log(srv, KEEL_LOG_ERROR, "cannot set up metrics", "error", strerror(-rc), NULL);
     goto out;
@@ -508,6 +546,8 @@ out:
   for (unsigned i = 0; i < started; i++) worker_cleanup(&srv->workers[i]);
   free(srv->workers);
   srv->workers = NULL;
+  kl_tracer_free(srv->tracer); /* exports what is queued, for at most tracing.export_timeout */
+  srv->tracer = NULL;
   if (sfd >= 0) close(sfd);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   return rc;

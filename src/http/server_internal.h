@@ -11,10 +11,12 @@
 #include "core/buf.h"
 #include "core/loop.h"
 #include "http/parser.h"
+#include "http/reqtrace.h"
 #include "http/stats.h"
 #include "keel/keel.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "obs/trace.h"
 
 typedef struct kl_worker kl_worker;
 typedef struct kl_conn kl_conn;
@@ -46,6 +48,7 @@ struct keel_req {
   size_t resp_body_len;
   size_t begin_off; /* keel_respond_begin: where the body is being written */
   uint8_t begun;
+  kl_reqtrace trace;
 };
 
 struct kl_conn {
@@ -107,6 +110,9 @@ struct kl_worker {
   uint64_t rng;
   kl_http_limits limits;
   kl_mblock *mb; /* this worker's metric cells; NULL with metrics off */
+  kl_traceq *traceq; /* this worker's span ring (tracing on) */
+  kl_trace_rng ids;  /* trace and span ids */
+  kl_span span;      /* the SERVER span of the request being handled */
 };
 
 struct keel_server {
@@ -124,8 +130,11 @@ struct keel_server {
   int donefd;           /* eventfd counting workers that finished */
   kl_metrics *metrics;  /* keel's and the application's series */
   kl_stats stats;       /* cell indexes of keel's own series */
+  kl_tracer *tracer;    /* OTLP span export; NULL with tracing off */
 };
 
+/** Worker-side: the peer's address as text (formatted on first use). */
+const char *kl_conn_peer(kl_conn *c);
 /** Worker-side: a listener became readable. */
 void kl_conn_accept(kl_loop *loop, kl_io *io, uint32_t events);
 /** Worker-side: begin draining (close idle connections, mark the others). */

@@ -53,6 +53,20 @@ static double v_draining(void *a) {
 static double v_log_dropped(void *a) {
   return (double)kl_log_dropped(((keel_server *)a)->log);
 }
+static kl_trace_stats trace_stats(const keel_server *srv) {
+  kl_trace_stats t = {0};
+  if (srv->tracer) kl_tracer_stats(srv->tracer, &t);
+  return t;
+}
+static double v_spans_exported(void *a) {
+  return (double)trace_stats(a).exported;
+}
+static double v_spans_queue_full(void *a) {
+  return (double)trace_stats(a).dropped_queue_full;
+}
+static double v_spans_export_failed(void *a) {
+  return (double)trace_stats(a).dropped_export_failed;
+}
 
 /* ---- setup ------------------------------------------------------------------------ */
 
@@ -147,9 +161,22 @@ int kl_stats_setup(keel_server *srv, unsigned nworkers) {
       {"keel_log_lines_dropped_total", "Log lines dropped because a thread's log ring was full.",
        KL_M_COUNTER, v_log_dropped},
       {"keel_draining", "1 while the server drains for shutdown.", KL_M_GAUGE, v_draining},
+      {"keel_trace_spans_exported_total", "Spans the OTLP collector accepted.", KL_M_COUNTER,
+       v_spans_exported},
   };
   for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]) && !rc; i++)
     rc = kl_metrics_add_fn(m, fns[i].name, fns[i].help, fns[i].type, NULL, fns[i].fn, srv);
+  static const char dropped_help[] =
+      "Spans dropped: queue_full (a worker's span ring was full: export too slow), export_failed "
+      "(the collector refused them or stayed unreachable past the retries).";
+  const char *queue_full[] = {"reason", "queue_full", NULL};
+  const char *export_failed[] = {"reason", "export_failed", NULL};
+  if (!rc)
+    rc = kl_metrics_add_fn(m, "keel_trace_spans_dropped_total", dropped_help, KL_M_COUNTER,
+                           queue_full, v_spans_queue_full, srv);
+  if (!rc)
+    rc = kl_metrics_add_fn(m, "keel_trace_spans_dropped_total", dropped_help, KL_M_COUNTER,
+                           export_failed, v_spans_export_failed, srv);
   if (!rc) {
 #if defined(__clang__)
     const char *cc = "clang " __clang_version__;

@@ -542,8 +542,28 @@ static void format_ts(char *p, const struct timespec *ts) {
   *p = 'Z';
 }
 
+/* The trace context of the request the calling thread is handling (kl_log_set_trace). */
+static _Thread_local const uint8_t *tls_trace_id, *tls_span_id;
+
+void kl_log_set_trace(const uint8_t *trace_id, const uint8_t *span_id) {
+  tls_trace_id = trace_id;
+  tls_span_id = span_id;
+}
+
+static void put_hex_field(kl_line *l, const char *key, const uint8_t *b, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  char t[32];
+  for (size_t i = 0; i < n; i++) {
+    t[2 * i] = hex[b[i] >> 4];
+    t[2 * i + 1] = hex[b[i] & 15];
+  }
+  kl_line_str(l, key, t, 2 * n);
+}
+
 void kl_line_begin(kl_line *l, keel_log_level level, const char *msg) {
   static const char *const names[] = {"debug", "info", "warn", "error"};
+  /* OpenTelemetry SeverityNumber of DEBUG, INFO, WARN, ERROR. */
+  static const char *const numbers[] = {"5", "9", "13", "17"};
   int li = (int)level;
   if (li < 0) li = 0;
   if (li > 3) li = 3;
@@ -559,12 +579,21 @@ void kl_line_begin(kl_line *l, keel_log_level level, const char *msg) {
   size_t nlen = strlen(names[li]);
   memcpy(p, names[li], nlen);
   p += nlen;
-  memcpy(p, "\",\"msg\":", 8);
-  p += 8;
+  memcpy(p, "\",\"severity_number\":", 20);
+  p += 20;
+  nlen = strlen(numbers[li]);
+  memcpy(p, numbers[li], nlen);
+  p += nlen;
+  memcpy(p, ",\"msg\":", 7);
+  p += 7;
   l->len = (size_t)(p - l->buf);
   l->level = (int)level;
   if (!msg) msg = "";
   put_string(l, msg, strlen(msg));
+  if (tls_trace_id) {
+    put_hex_field(l, "trace_id", tls_trace_id, 16);
+    put_hex_field(l, "span_id", tls_span_id, 8);
+  }
 }
 
 void kl_line_str(kl_line *l, const char *key, const char *val, size_t vlen) {

@@ -51,7 +51,17 @@ kl_logq *kl_log_queue(kl_log *log);
 /** Lines dropped so far, all queues together. */
 uint64_t kl_log_dropped(const kl_log *log);
 
-/** Starts a line: {"ts":"2026-11-26T23:06:45.123Z","level":"info","msg":"..." */
+/**
+ * Makes every line the calling thread starts carry "trace_id" and "span_id" (hex) until
+ * called again with NULLs: set while a worker handles a traced request. The bytes must
+ * stay valid meanwhile.
+ */
+void kl_log_set_trace(const uint8_t *trace_id, const uint8_t *span_id);
+
+/**
+ * Starts a line: {"ts":"2026-11-26T23:06:45.123Z","level":"info","severity_number":9,"msg":"..."
+ * plus "trace_id" and "span_id" inside a traced request.
+ */
 void kl_line_begin(kl_line *l, keel_log_level level, const char *msg);
 /** Adds "key":"value" (value escaped; `vlen` bytes). */
 void kl_line_str(kl_line *l, const char *key, const char *val, size_t vlen);

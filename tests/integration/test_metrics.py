@@ -233,8 +233,7 @@ def test_dashboard_and_alert_metrics_are_exposed():
     with Keel() as k:
         request(k, get("/"))
         names = {n for n, _ in metrics(k)} | {"up"}  # Prometheus adds up itself
-        # keel_trace_* arrive with OTLP span export (issue 4, in progress): not exposed yet.
-        missing = sorted(n for n in METRICS - names if not n.startswith("keel_trace_"))
+        missing = sorted(METRICS - names)
         assert not missing, "used by deploy/ but not exposed by keel: %s" % missing
 
 

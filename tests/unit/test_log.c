@@ -286,20 +286,42 @@ static void test_line_format(void **state) {
   assert_int_equal(kl_line_end(&l, NULL), -ENOBUFS); /* no queue: closed but dropped */
   assert_true(json_line_ok(l.buf, l.len));
   assert_true(ts_ok(l.buf));
-  const char *want = "\",\"level\":\"info\",\"msg\":\"hello\",\"path\":\"/x\",\"m\":\"GET\","
+  const char *want = "\",\"level\":\"info\",\"severity_number\":9,\"msg\":\"hello\",\"path\":\"/x\",\"m\":\"GET\","
                      "\"status\":200,\"neg\":-9223372036854775808,\"max\":9223372036854775807,"
                      "\"zero\":0,\"ms\":1.5}\n";
   assert_int_equal(l.len, 31 + strlen(want));
   assert_memory_equal(after_ts(&l), want, strlen(want));
 
   static const char *const names[] = {"debug", "info", "warn", "error"};
+  static const int numbers[] = {5, 9, 13, 17}; /* OpenTelemetry SeverityNumber */
   for (int lv = KEEL_LOG_DEBUG; lv <= KEEL_LOG_ERROR; lv++) {
     kl_line_begin(&l, (keel_log_level)lv, "x");
-    char exp[64];
-    snprintf(exp, sizeof exp, "\",\"level\":\"%s\",\"msg\":\"x\"", names[lv]);
+    char exp[96];
+    snprintf(exp, sizeof exp, "\",\"level\":\"%s\",\"severity_number\":%d,\"msg\":\"x\"",
+             names[lv], numbers[lv]);
     assert_memory_equal(after_ts(&l), exp, strlen(exp));
     assert_int_equal(l.level, lv);
   }
+}
+
+static void test_trace_ids(void **state) {
+  (void)state;
+  static const uint8_t trace[16] = {0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd,
+                                    0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80, 0x31, 0x9c};
+  static const uint8_t span[8] = {0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31};
+  kl_line l;
+  kl_log_set_trace(trace, span);
+  kl_line_begin(&l, KEEL_LOG_INFO, "in");
+  kl_line_int(&l, "n", 1);
+  kl_line_end(&l, NULL);
+  const char *want = "\",\"level\":\"info\",\"severity_number\":9,\"msg\":\"in\","
+                     "\"trace_id\":\"0af7651916cd43dd8448eb211c80319c\",\"span_id\":\"b7ad6b7169203331\","
+                     "\"n\":1}\n";
+  assert_memory_equal(after_ts(&l), want, strlen(want));
+  kl_log_set_trace(NULL, NULL);
+  kl_line_begin(&l, KEEL_LOG_INFO, "out");
+  kl_line_end(&l, NULL);
+  assert_null(strstr(l.buf, "trace_id"));
 }
 
 static void test_double(void **state) {
@@ -318,7 +340,7 @@ static void test_double(void **state) {
     kl_line_end(&l, NULL);
     char exp[64];
     snprintf(exp, sizeof exp, ",\"v\":%s}\n", cases[i].text);
-    assert_int_equal(l.len, 31 + strlen("\",\"level\":\"info\",\"msg\":\"d\"") + strlen(exp));
+    assert_int_equal(l.len, 31 + strlen("\",\"level\":\"info\",\"severity_number\":9,\"msg\":\"d\"") + strlen(exp));
     assert_memory_equal(l.buf + l.len - strlen(exp), exp, strlen(exp));
     assert_true(json_line_ok(l.buf, l.len));
   }
@@ -365,7 +387,7 @@ static void test_escaping(void **state) {
   kl_line_cstr(&l, "null", NULL);
   kl_line_end(&l, NULL);
   const char *want =
-      "\",\"level\":\"warn\",\"msg\":\"say \\\"hi\\\"\\\\\\n\\t\\r\\b\\f\\u0001\\u001f\x7f/\","
+      "\",\"level\":\"warn\",\"severity_number\":13,\"msg\":\"say \\\"hi\\\"\\\\\\n\\t\\r\\b\\f\\u0001\\u001f\x7f/\","
       "\"v\":\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9d\x84\x9e|\\ufffd|\\ufffd\\ufffd|"
       "\\ufffd\\ufffd\\ufffd|\\ufffd\\ufffd|\\u0000|\\ufffd\","
       "\"k\\\"ey\\n\":\"x\",\"null\":\"\"}\n";
@@ -449,7 +471,7 @@ static void test_truncation(void **state) {
   kl_line_int(&l, "ok", 1);
   kl_line_end(&l, NULL);
   free(key);
-  const char *want = "\",\"level\":\"info\",\"msg\":\"t\",\"ok\":1}\n";
+  const char *want = "\",\"level\":\"info\",\"severity_number\":9,\"msg\":\"t\",\"ok\":1}\n";
   assert_int_equal(l.len, 31 + strlen(want));
   assert_memory_equal(after_ts(&l), want, strlen(want));
 
@@ -831,6 +853,7 @@ static void test_write_error(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_line_format),
+      cmocka_unit_test(test_trace_ids),
       cmocka_unit_test(test_double),
       cmocka_unit_test(test_fixed),
       cmocka_unit_test(test_escaping),
