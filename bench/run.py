@@ -599,6 +599,9 @@ def obs_cost(results):
             fmt_range(med(r10, "latency_us", "p99"), 0.001, 3) if r10 else "-",
             fmt_range(med(r10, "server_cpu_pct")) if r10 else "-"))
     L.append("")
+    L.append("Each row does a subset of the next one's work (off, metrics, metrics + tracing), so where "
+             "a row beats the one above it, the gap is this machine's run-to-run noise; the ranges "
+             "(min..max of the repetitions) show how large it was in this run.\n")
     tb, to = med(bare["max"]["/echo"], "achieved_rate")[0], med(obs["max"]["/echo"], "achieved_rate")[0]
     cb, co = per_cpu(bare["max"]["/echo"]), per_cpu(obs["max"]["/echo"])
     L.append("- %s throughput cost: %.1f%% (%.0f vs %.0f req/s; per CPU-second %.1f%%), target <= 10%%"
