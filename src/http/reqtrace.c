@@ -75,10 +75,22 @@ void kl_reqtrace_begin(kl_worker *w, keel_req *req, const kl_route *r) {
                 KL_SPAN_SERVER, t->start_ns);
 }
 
+/* Ends child span `s` at `end_ns` and queues it. */
+static void span_close(keel_span *s, uint64_t end_ns) {
+  s->ended = 1;
+  for (keel_span **pp = &s->req->trace.open; *pp; pp = &(*pp)->next)
+    if (*pp == s) {
+      *pp = s->next;
+      break;
+    }
+  kl_span_end(&s->span, end_ns, s->req->conn->w->traceq);
+}
+
 void kl_reqtrace_end(kl_worker *w, keel_req *req, const kl_route *r, uint64_t us) {
   kl_reqtrace *t = &req->trace;
   if (!t->on) return;
-  while (t->open) keel_span_end(t->open);
+  uint64_t end_ns = t->start_ns + us * 1000u;
+  while (t->open) span_close(t->open, end_ns); /* still open: they end with the request */
   kl_log_set_trace(NULL, NULL);
   if (!t->sampled) return;
   kl_span *s = &w->span;
@@ -105,7 +117,7 @@ void kl_reqtrace_end(kl_worker *w, keel_req *req, const kl_route *r, uint64_t us
     kl_span_attr_str(s, "error.type", code, (size_t)n);
     kl_span_set_status(s, KL_STATUS_ERROR, NULL, 0);
   }
-  kl_span_end(s, t->start_ns + us * 1000u, w->traceq);
+  kl_span_end(s, end_ns, w->traceq);
 }
 
 /* ---- the public API ------------------------------------------------------------- */
@@ -153,14 +165,7 @@ void keel_span_error(keel_span *s, const char *msg) {
 }
 
 void keel_span_end(keel_span *s) {
-  if (!s || s->ended) return;
-  s->ended = 1;
-  for (keel_span **pp = &s->req->trace.open; *pp; pp = &(*pp)->next)
-    if (*pp == s) {
-      *pp = s->next;
-      break;
-    }
-  kl_span_end(&s->span, kl_trace_now_ns(), s->req->conn->w->traceq);
+  if (s && !s->ended) span_close(s, kl_trace_now_ns());
 }
 
 size_t keel_req_traceparent(const keel_req *req, const keel_span *parent, char out[56]) {

@@ -6,6 +6,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import tempfile
 import time
 
 from harness import ROOT, Keel, Suite, get, post, request
@@ -218,6 +220,102 @@ def test_otel_environment():
             request(k, get("/"))
             s = rx.wait_for_spans(1, 5)[0]
             assert s["resource"]["service.name"] == "from-otel", s["resource"]
+
+
+# An embedding service on the public API only: a handler that calls "upstream" the way a gateway
+# will (a CLIENT span, the traceparent to send, the tracestate to pass on) and keeps its own gauge
+# and histogram.
+EMBED = r"""
+#include <stdio.h>
+#include <string.h>
+#include <keel/keel.h>
+#include <keel/metrics.h>
+#include <keel/trace.h>
+
+static keel_metric *inflight, *sizes;
+
+static void call(keel_req *req, void *ud) {
+  (void)ud;
+  keel_gauge_add(inflight, 1);
+  keel_span *up = keel_span_start(req, "GET upstream", KEEL_SPAN_CLIENT);
+  keel_span_attr_int(up, "upstream.try", 1);
+  char tp[56] = "";
+  size_t n = keel_req_traceparent(req, up, tp);
+  keel_span_error(up, "upstream timed out");
+  keel_span_end(up);
+  keel_span_end(up); /* twice: no effect */
+  keel_span *open = keel_span_start(req, "never ended", KEEL_SPAN_INTERNAL);
+  (void)open; /* ended by keel with the request */
+  keel_str ts = keel_req_tracestate(req);
+  char body[256];
+  int len = snprintf(body, sizeof body, "{\"sampled\":%d,\"n\":%zu,\"tp\":\"%s\",\"ts\":\"%.*s\"}",
+                     keel_req_sampled(req), n, tp, (int)ts.len, ts.ptr);
+  keel_histogram_observe(sizes, (double)len);
+  keel_gauge_add(inflight, -1);
+  keel_respond(req, 200, "application/json", body, (size_t)len);
+}
+
+int main(void) {
+  keel_config cfg;
+  char err[256];
+  keel_config_init(&cfg);
+  if (keel_config_apply_env(&cfg, err, sizeof err)) return fprintf(stderr, "%s\n", err), 1;
+  keel_server *srv = keel_server_new(&cfg, err, sizeof err);
+  if (!srv) return fprintf(stderr, "%s\n", err), 1;
+  static const double bounds[] = {10, 100, 1000};
+  const char *labels[] = {"route", "/call", NULL};
+  if (keel_metric_gauge(srv, "embed_inflight", "Calls in progress.", NULL, &inflight) ||
+      keel_metric_histogram(srv, "embed_body_bytes", "Body sizes.", labels, bounds, 3, &sizes) ||
+      keel_route(srv, "GET", "/call", call, NULL))
+    return 1;
+  int rc = keel_server_run(srv);
+  keel_server_free(srv);
+  return rc ? 1 : 0;
+}
+"""
+
+
+def build_embed():
+    tmp = tempfile.mkdtemp(prefix="keel-embed-")
+    src, exe = os.path.join(tmp, "embed.c"), os.path.join(tmp, "embed")
+    with open(src, "w") as f:
+        f.write(EMBED)
+    lib = os.environ.get("KEEL_LIB", os.path.join(ROOT, "build", "libkeel.so"))
+    cmd = [os.environ.get("KEEL_CC", "cc"), "-std=c17", "-Wall", "-Wextra", "-Werror",
+           "-I" + os.path.join(ROOT, "include"), src, os.path.join(os.path.dirname(lib), "libkeel.a"),
+           "-lyaml", "-lz", "-lpthread", "-o", exe] + os.environ.get("KEEL_LINK_FLAGS", "").split()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, "build failed:\n%s\n%s" % (" ".join(cmd), p.stderr[-3000:])
+    return exe
+
+
+def test_public_api_for_outgoing_calls():
+    exe = build_embed()
+    with OtlpReceiver() as rx, traced(rx, binary=exe) as k:
+        r, _ = request(k, get("/call", extra=tp() + "tracestate: vendor=1\r\n"))
+        body = json.loads(r.body)
+        assert body["sampled"] == 1 and body["n"] == 55 and body["ts"] == "vendor=1", body
+        spans = rx.wait_for_spans(3, 5)
+        by = {s["name"]: s for s in spans}
+        server, client, auto = by["GET /call"], by["GET upstream"], by["never ended"]
+        assert client["kind"] == 3 and client["parent_span_id"] == server["span_id"], client
+        assert client["status_code"] == 2 and client["status_message"] == "upstream timed out", client
+        assert client["attributes"] == {"upstream.try": 1}, client
+        # What the handler would send upstream names the CLIENT span as the caller.
+        assert body["tp"] == "00-%s-%s-01" % (TRACE, client["span_id"]), (body, client)
+        assert auto["end_time_unix_nano"] <= server["end_time_unix_nano"], (auto, server)
+        assert sum(1 for s in spans if s["name"] == "GET upstream") == 1, "ended twice"
+        r, _ = request(k, get("/call", extra=tp("00")))  # not sampled: still propagated
+        body = json.loads(r.body)
+        assert body["sampled"] == 0 and body["tp"].startswith("00-%s-" % TRACE) and body["tp"].endswith("-00")
+        m, _ = request(k, get("/metrics"))
+        text = m.body.decode()
+        assert "\nembed_inflight 0\n" in text, text[:300]
+        assert '\nembed_body_bytes_count{route="/call"} 2\n' in text
+        assert '\nembed_body_bytes_bucket{route="/call",le="10"} 0\n' in text
+    with Keel(binary=exe) as k:  # tracing off: nothing to propagate
+        body = json.loads(request(k, get("/call", extra=tp()))[0].body)
+        assert body == {"sampled": 0, "n": 0, "tp": "", "ts": ""}, body
 
 
 if __name__ == "__main__":
