@@ -38,6 +38,17 @@ static void assert_cfg_equal(const keel_config *a, const keel_config *b) {
   assert_int_equal(a->log_level, b->log_level);
   assert_true(a->access_log_sample == b->access_log_sample);
   assert_int_equal(a->log_buffer_bytes, b->log_buffer_bytes);
+  assert_int_equal(a->metrics_enabled, b->metrics_enabled);
+  assert_string_equal(a->metrics_path, b->metrics_path);
+  assert_string_equal(a->trace_endpoint, b->trace_endpoint);
+  assert_true(a->trace_sample_ratio == b->trace_sample_ratio);
+  assert_string_equal(a->service_name, b->service_name);
+  assert_int_equal(a->trace_gzip, b->trace_gzip);
+  assert_int_equal(a->trace_response_header, b->trace_response_header);
+  assert_int_equal(a->trace_batch_spans, b->trace_batch_spans);
+  assert_int_equal(a->trace_batch_delay_ms, b->trace_batch_delay_ms);
+  assert_int_equal(a->trace_queue_bytes, b->trace_queue_bytes);
+  assert_int_equal(a->trace_export_timeout_ms, b->trace_export_timeout_ms);
 }
 
 typedef struct tmpfile_t {
