@@ -40,6 +40,17 @@ def metric(k, name, **labels):
     return None
 
 
+def wait_metric(k, name, ok, timeout=5, **labels):
+    """Polls a metric until ok(value); returns the last value. (The receiver records a batch before
+    it answers, so keel counts it exported a moment after the spans are seen.)"""
+    deadline = time.time() + timeout
+    while True:
+        v = metric(k, name, **labels)
+        if (v is not None and ok(v)) or time.time() > deadline:
+            return v
+        time.sleep(0.05)
+
+
 def test_server_spans():
     with OtlpReceiver() as rx, traced(rx, KEEL_TRACING_SERVICE_NAME="shop") as k:
         t0 = time.time_ns()
@@ -72,7 +83,7 @@ def test_server_spans():
         o = by["HTTP"]["attributes"]
         assert o["http.request.method"] == "_OTHER" and o["http.request.method_original"] == "PURGE", o
         assert len({s["span_id"] for s in spans}) == 4
-        assert metric(k, "keel_trace_spans_exported_total") >= 4
+        assert wait_metric(k, "keel_trace_spans_exported_total", lambda v: v >= 4) == 4
 
 
 def test_invalid_traceparent_is_ignored():
@@ -126,13 +137,12 @@ def test_ratio_sampling():
         got = b""
         while got.count(b"HTTP/1.1 200") < n:
             got += s.recv(65536)
-        deadline = time.time() + 5
-        while time.time() < deadline and metric(k, "keel_trace_spans_exported_total") < 100:
-            time.sleep(0.1)
-        exported = metric(k, "keel_trace_spans_exported_total")
+        # Every span of the 800 requests is exported once the receiver's count and keel's agree.
+        exported = wait_metric(k, "keel_trace_spans_exported_total",
+                               lambda v: v >= 100 and v == len(rx.spans))
         # Binomial(800, 0.25): mean 200, sd 12.2; +-5 sd.
         assert 139 <= exported <= 261, exported
-        assert len(rx.spans) == exported
+        assert len(rx.spans) == exported, (len(rx.spans), exported)
 
 
 def test_handler_spans_and_logs():
