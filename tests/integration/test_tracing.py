@@ -83,7 +83,9 @@ def test_server_spans():
         o = by["HTTP"]["attributes"]
         assert o["http.request.method"] == "_OTHER" and o["http.request.method_original"] == "PURGE", o
         assert len({s["span_id"] for s in spans}) == 4
-        assert wait_metric(k, "keel_trace_spans_exported_total", lambda v: v >= 4) == 4
+        # Scrapes are traced too: every span the receiver got (these 4 and the scrapes') is counted.
+        n = wait_metric(k, "keel_trace_spans_exported_total", lambda v: v >= 4 and v == len(rx.spans))
+        assert n >= 4 and n == len(rx.spans), (n, len(rx.spans))
 
 
 def test_invalid_traceparent_is_ignored():
