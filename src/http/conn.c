@@ -480,8 +480,7 @@ static void access_log(kl_conn *c, keel_req *req, const kl_route *r, uint64_t us
   kl_line_int(&l, "http.response.status_code", req->status);
   kl_line_int(&l, "http.response.body.size", (int64_t)req->resp_body_len);
   kl_line_fixed(&l, "duration_ms", (int64_t)us, 3);
-  if (!c->peer_text[0]) peer_format(c);
-  kl_line_cstr(&l, "client.address", c->peer_text);
+  kl_line_cstr(&l, "client.address", kl_conn_peer(c));
   kl_line_int(&l, "client.port", c->peer_port);
   kl_line_end(&l, w->logq);
 }

@@ -16,9 +16,6 @@ struct keel_span {
   uint8_t ended;
 };
 
-static const char *const k_methods[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
-                                        "CONNECT", "OPTIONS", "TRACE", "PATCH"};
-
 /* A header that must appear once: W3C says to ignore a repeated traceparent. */
 static keel_str header_once(const keel_req *req, const char *name, size_t n) {
   const kl_conn *c = req->conn;
@@ -68,7 +65,7 @@ void kl_reqtrace_begin(kl_worker *w, keel_req *req, const kl_route *r) {
   keel_str m = keel_req_method(req);
   unsigned mi = kl_stats_method(m.ptr, m.len);
   char name[KL_SPAN_NAME_MAX];
-  int n = snprintf(name, sizeof(name), "%s%s%s", mi < KL_METHODS_N - 1 ? k_methods[mi] : "HTTP",
+  int n = snprintf(name, sizeof(name), "%s%s%s", mi < KL_METHODS_N - 1 ? kl_stats_method_name(mi) : "HTTP",
                    r ? " " : "", r ? r->path : "");
   kl_span_begin(&w->span, &t->ctx, t->has_parent ? t->parent : NULL, t->tracestate, t->tslen, name,
                 n < 0 ? 0 : (size_t)n >= sizeof(name) ? sizeof(name) - 1 : (size_t)n,
@@ -108,7 +105,8 @@ void kl_reqtrace_end(kl_worker *w, keel_req *req, const kl_route *r, uint64_t us
   if (r) kl_span_attr_str(s, "http.route", r->path, r->path_len);
   kl_span_attr_int(s, "http.response.status_code", req->status);
   kl_span_attr_str(s, "network.protocol.version", c->head.minor ? "1.1" : "1.0", 3);
-  kl_span_attr_str(s, "client.address", kl_conn_peer(req->conn), strlen(kl_conn_peer(req->conn)));
+  const char *peer = kl_conn_peer(req->conn);
+  kl_span_attr_str(s, "client.address", peer, strlen(peer));
   keel_str ua = keel_req_header(req, "User-Agent");
   if (ua.ptr) kl_span_attr_str(s, "user_agent.original", ua.ptr, ua.len);
   if (req->status >= 500) { /* server errors only: a 4xx is the client's, not this span's */

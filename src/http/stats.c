@@ -32,6 +32,10 @@ static const char *const k_reasons[KL_PROTO_N] = {
     "bad_request",    "smuggling", "uri_too_long", "header_too_large",
     "body_too_large", "timeout",   "unsupported"};
 
+const char *kl_stats_method_name(unsigned i) {
+  return k_methods[i < KL_METHODS_N ? i : KL_METHODS_N - 1];
+}
+
 unsigned kl_stats_method(const char *m, size_t len) {
   for (unsigned i = 0; i + 1 < KL_METHODS_N; i++)
     if (strlen(k_methods[i]) == len && memcmp(k_methods[i], m, len) == 0) return i;

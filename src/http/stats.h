@@ -44,6 +44,8 @@ void kl_stats_free(kl_stats *st);
 /** The index of a method in the label table (KL_METHODS_N - 1 = "_OTHER"). */
 unsigned kl_stats_method(const char *m, size_t len);
 
+/** The label value of method index `i` ("GET" .. "_OTHER"). */
+const char *kl_stats_method_name(unsigned i);
 /** Worker: one answered request on `slot`, `status`, `us` microseconds from first byte. */
 void kl_stats_request(kl_worker *w, uint32_t slot, int status, uint64_t us);
 /** Worker: a request rejected by the HTTP layer. */
