@@ -1,0 +1,88 @@
+/* sink.h - the pipeline's sink thread: records from the disk buffer to Kafka (librdkafka) or to files. */
+#ifndef KEEL_PIPELINE_SINK_H
+#define KEEL_PIPELINE_SINK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pipeline/record.h"
+#include "pipeline/wal.h"
+
+/*
+ * One thread reads durable records (kl_rec payloads) from a source, normally the disk
+ * buffer, and delivers them; the source's committed position advances only from delivery
+ * reports, in order (a record delivered out of order waits until everything before it is
+ * delivered). Bytes read and not yet delivered stay under memory_bytes: the sink stops
+ * reading until deliveries free room (pull-based backpressure: the buffer on disk grows
+ * instead of memory).
+ *
+ * Kafka: a librdkafka producer with enable.idempotence=true, acks=all,
+ * partitioner=murmur2_random, message.timeout.ms=0 (retry until delivered) unless set
+ * otherwise, one topic per signal, key from the record, headers keel.signal, keel.schema
+ * and content-type. A failed delivery report puts the record back to be produced again
+ * after a backoff (counted as failed and retried). A fatal producer error
+ * (rd_kafka_fatal_error) destroys the producer, builds a new one and rewinds the source
+ * to its committed position: records are produced again (at least once).
+ *
+ * Files (brokers empty): one JSON line per record (OTLP/JSON) appended to
+ * DIR/<signal>-<first position>.jsonl, rotated at file_bytes, keeping file_keep files per
+ * signal; a write is "delivered" when it has been fdatasync'ed.
+ */
+
+typedef struct kl_sink kl_sink;
+
+/** Where records come from (the disk buffer, or a test's fake). Called on the sink thread. */
+typedef struct kl_sink_src {
+  size_t (*read)(void *arg, kl_wal_rec *out, size_t max, size_t bytes);
+  void (*commit)(void *arg, uint64_t pos, uint64_t nrec);
+  void (*rewind)(void *arg);
+  void *arg;
+} kl_sink_src;
+
+/** Options. Strings are copied. */
+typedef struct kl_sink_opts {
+  const char *brokers;            /**< bootstrap servers; NULL or "" = file sink */
+  const char *topic[KL_SIG_COUNT]; /**< topic per signal */
+  const char *compression;        /**< none, gzip, snappy, lz4, zstd */
+  uint32_t linger_ms;
+  uint32_t batch_messages;
+  uint32_t message_max;           /**< Kafka message.max.bytes */
+  uint64_t memory_bytes;          /**< cap on bytes read and not yet delivered */
+  const char *const *props;       /**< extra librdkafka properties, "name=value", NULL-terminated */
+  const char *file_dir;           /**< file sink directory */
+  uint64_t file_bytes;            /**< rotate a file at this size */
+  uint32_t file_keep;             /**< files kept per signal (oldest deleted) */
+  /** Called on the sink thread per delivered record: microseconds since it was appended. */
+  void (*on_delivered)(void *arg, kl_signal sig, uint64_t latency_us);
+  void *arg;
+} kl_sink_opts;
+
+/** Counters (monotonic unless said). */
+typedef struct kl_sink_stats {
+  uint64_t delivered[KL_SIG_COUNT]; /**< records confirmed by Kafka (or written to files) */
+  uint64_t failed;                  /**< failed delivery reports */
+  uint64_t retried;                 /**< records produced again after a failure */
+  uint64_t rebuilds;                /**< producers rebuilt after fatal errors */
+  uint64_t in_flight;               /**< gauge: records read and not yet delivered */
+  uint64_t in_flight_bytes;         /**< gauge */
+  uint64_t queue;                   /**< gauge: librdkafka's out queue (rd_kafka_outq_len) */
+  uint64_t oldest_ns;               /**< gauge: append time of the oldest undelivered record read */
+  uint64_t bad_records;             /**< payloads that were not kl_rec (skipped, committed) */
+} kl_sink_stats;
+
+/** Starts the sink thread. NULL with `err` when the producer cannot be configured. */
+kl_sink *kl_sink_start(const kl_sink_opts *opts, const kl_sink_src *src, char *err, size_t errlen);
+
+/** New durable records may be available (any thread; cheap, coalesced). */
+void kl_sink_wake(kl_sink *s);
+
+/**
+ * Stops: delivers what it can for up to deadline_ms, then stops the thread and frees
+ * everything; what was not delivered stays in the source. Returns records left undelivered.
+ */
+uint64_t kl_sink_stop(kl_sink *s, uint32_t deadline_ms);
+
+/** Fills `st` (any thread). */
+void kl_sink_get_stats(kl_sink *s, kl_sink_stats *st);
+
+#endif
