@@ -72,6 +72,9 @@ def server_cmd(name, port, workers, tmp, sink_port=None):
         if workers:
             argv += ["--workers", str(workers)]
         env["KEEL_LOG_ACCESS"] = "off"  # the peers log nothing either
+        # The pipeline runs as shipped (idle here), on private ports and data.
+        env.update({"KEEL_OTLP_HTTP_LISTEN": "127.0.0.1:0", "KEEL_OTLP_GRPC_LISTEN": "127.0.0.1:0",
+                    "KEEL_DATA_DIR": os.path.join(tmp, "keel-data-%d" % port)})
         if name == "keel-bare":
             env["KEEL_METRICS_ENABLED"] = "off"
         elif name == "keel-obs":  # metrics on (the default) and 10% of traces to an OTLP sink

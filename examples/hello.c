@@ -22,6 +22,7 @@ int main(void) {
   keel_config cfg;
   char err[256];
   keel_config_init(&cfg); /* 127.0.0.1:8080, then KEEL_* from the environment */
+  cfg.pipeline_enabled = 0; /* a service, not a telemetry pipeline (KEEL_PIPELINE_ENABLED=on) */
   if (keel_config_apply_env(&cfg, err, sizeof err)) return fprintf(stderr, "%s\n", err), 1;
   keel_server *srv = keel_server_new(&cfg, err, sizeof err);
   if (!srv) return fprintf(stderr, "%s\n", err), 1;

@@ -69,6 +69,31 @@ typedef struct keel_config {
   uint32_t trace_batch_delay_ms; /**< export a partial batch this long after its first span */
   uint32_t trace_queue_bytes;    /**< per-worker span ring */
   uint32_t trace_export_timeout_ms; /**< one export request's time limit */
+  uint8_t pipeline_enabled;      /**< run the telemetry pipeline (OTLP in, Kafka or files out) */
+  char otlp_http_listen[128];    /**< OTLP/HTTP receiver "HOST:PORT"; "" = off */
+  char otlp_grpc_listen[128];    /**< OTLP/gRPC receiver "HOST:PORT"; "" = off */
+  uint64_t otlp_max_request;     /**< OTLP request bytes, as sent and after inflating (413) */
+  uint8_t otlp_format;           /**< records in Kafka: 0 = protobuf, 1 = OTLP/JSON */
+  uint8_t otlp_batch;            /**< 0: a message per record; 1: a message per request */
+  char otlp_key_attribute[128];  /**< resource attribute keying records without a trace id */
+  uint8_t otlp_ack_delivered;    /**< 0: answer once durable on disk; 1: once Kafka confirmed */
+  uint32_t otlp_ack_timeout_ms;  /**< a request still unacknowledged then gets 503 */
+  char data_dir[256];            /**< the disk buffer (DIR/buffer) and file sink (DIR/out) */
+  uint64_t buffer_segment_bytes; /**< disk buffer segment file size */
+  uint64_t buffer_max_bytes;     /**< disk buffer cap (503 + Retry-After beyond) */
+  uint32_t buffer_fsync_ms;      /**< 0: fsync before every acknowledgement; else period */
+  uint64_t buffer_memory_bytes;  /**< records read from disk and not yet delivered */
+  char kafka_brokers[512];       /**< bootstrap servers; "" = the file sink */
+  char kafka_topic_logs[128];    /**< topic for log records */
+  char kafka_topic_traces[128];  /**< topic for spans */
+  char kafka_topic_metrics[128]; /**< topic for metric data points */
+  uint8_t kafka_compression;     /**< 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd */
+  uint32_t kafka_linger_ms;      /**< librdkafka linger.ms */
+  uint32_t kafka_batch_messages; /**< librdkafka batch.num.messages */
+  uint32_t kafka_message_max;    /**< librdkafka message.max.bytes (batch mode splits under it) */
+  uint64_t files_rotate_bytes;   /**< file sink: start a new file at this size */
+  uint32_t files_keep;           /**< file sink: files kept per signal */
+  uint32_t pipeline_flush_ms;    /**< at shutdown: time to deliver what the buffer holds */
 } keel_config;
 
 /** Fills `cfg` with the defaults (no file needed). */

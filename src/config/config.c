@@ -33,6 +33,13 @@ enum kind {
   K_URL,      /* "" or http://HOST[:PORT][/PATH] into a char array */
   K_TEXT,     /* printable text (a name) into a char array */
   K_FRACTION, /* decimal fraction into a double */
+  K_CHOICE,   /* one of the words in `choices` ("a|b|c") into a uint8_t (its index) */
+};
+
+/* Key flags. */
+enum {
+  KF_EMPTY = 1,  /* "" is a valid value (off, or none) */
+  KF_ALWAYS = 2, /* K_DURATION: "always" means 0 */
 };
 
 #define KIB UINT64_C(1024)
@@ -52,8 +59,13 @@ typedef struct key {
   uint64_t min, max; /* inclusive range in stored units (bytes, ms, count; 0..1 fractions) */
   const char *def;   /* default, written as a user would write it */
   const char *doc;   /* one-line meaning (docs/configuration.md says more) */
+  const char *choices; /* K_CHOICE: "a|b|c" */
+  unsigned flags;      /* KF_* */
 } key;
 
+/* Entries that need no choices or flags leave them out (zero). */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 static const key keys[] = {
     {"listen", K_LISTEN, FIELD(listen), 0, 0, "127.0.0.1:8080",
      "HOST:PORT to listen on; port 0 picks a free port"},
@@ -109,7 +121,63 @@ static const key keys[] = {
      "per-worker span ring; spans beyond it are dropped and counted"},
     {"tracing.export_timeout", K_DURATION, FIELD(trace_export_timeout_ms), 1, MINUTE, "10s",
      "one export request's time limit"},
+    {"pipeline.enabled", K_SWITCH, FIELD(pipeline_enabled), 0, 1, "on",
+     "run the telemetry pipeline: OTLP receivers, disk buffer, Kafka or file sink"},
+    {"otlp.http_listen", K_LISTEN, FIELD(otlp_http_listen), 0, 0, "127.0.0.1:4318",
+     "OTLP/HTTP receiver HOST:PORT; empty: off", NULL, KF_EMPTY},
+    {"otlp.grpc_listen", K_LISTEN, FIELD(otlp_grpc_listen), 0, 0, "127.0.0.1:4317",
+     "OTLP/gRPC receiver HOST:PORT; empty: off", NULL, KF_EMPTY},
+    {"otlp.max_request", K_SIZE, FIELD(otlp_max_request), KIB, GIB, "16MiB",
+     "OTLP request bytes, as sent and after inflating (413 / RESOURCE_EXHAUSTED beyond)"},
+    {"otlp.format", K_CHOICE, FIELD(otlp_format), 0, 1, "proto",
+     "encoding of records in Kafka: proto (application/x-protobuf) or json (OTLP/JSON)",
+     "proto|json"},
+    {"otlp.mode", K_CHOICE, FIELD(otlp_batch), 0, 1, "record",
+     "record: a Kafka message per log record, span or data point; batch: per request",
+     "record|batch"},
+    {"otlp.key_attribute", K_TEXT, FIELD(otlp_key_attribute), 0, 0, "service.name",
+     "resource attribute used as the message key when there is no trace id", NULL, KF_EMPTY},
+    {"otlp.ack", K_CHOICE, FIELD(otlp_ack_delivered), 0, 1, "durable",
+     "answer a client once its records are durable on disk, or once Kafka confirmed them",
+     "durable|delivered"},
+    {"otlp.ack_timeout", K_DURATION, FIELD(otlp_ack_timeout_ms), 1, HOUR, "30s",
+     "a request not acknowledged by then is answered 503 (its records stay buffered)"},
+    {"data_dir", K_TEXT, FIELD(data_dir), 0, 0, "./var/keel",
+     "directory of the disk buffer (DIR/buffer) and the file sink (DIR/out)"},
+    {"buffer.segment", K_SIZE, FIELD(buffer_segment_bytes), 64 * KIB, 4 * GIB, "64MiB",
+     "size of one disk buffer segment file"},
+    {"buffer.max", K_SIZE, FIELD(buffer_max_bytes), MIB, UINT64_C(1) << 50, "1GiB",
+     "disk buffer cap: beyond it receivers answer 503 + Retry-After"},
+    {"buffer.fsync", K_DURATION, FIELD(buffer_fsync_ms), 0, MINUTE, "always",
+     "always: fsync before every acknowledgement (group commit); or a period, e.g. 10ms",
+     NULL, KF_ALWAYS},
+    {"buffer.memory", K_SIZE, FIELD(buffer_memory_bytes), MIB, 64 * GIB, "64MiB",
+     "records read from the disk buffer and not yet delivered (the sink waits beyond)"},
+    {"kafka.brokers", K_TEXT, FIELD(kafka_brokers), 0, 0, "",
+     "Kafka bootstrap servers, HOST:PORT,...; empty: records go to files under data_dir", NULL,
+     KF_EMPTY},
+    {"kafka.topics.logs", K_TEXT, FIELD(kafka_topic_logs), 0, 0, "otlp_logs",
+     "topic of log records"},
+    {"kafka.topics.traces", K_TEXT, FIELD(kafka_topic_traces), 0, 0, "otlp_spans",
+     "topic of spans"},
+    {"kafka.topics.metrics", K_TEXT, FIELD(kafka_topic_metrics), 0, 0, "otlp_metrics",
+     "topic of metric data points"},
+    {"kafka.compression", K_CHOICE, FIELD(kafka_compression), 0, 4, "lz4",
+     "compression of produced batches", "none|gzip|snappy|lz4|zstd"},
+    {"kafka.linger", K_DURATION, FIELD(kafka_linger_ms), 0, 10 * SEC, "5ms",
+     "librdkafka linger.ms: wait this long to fill a batch"},
+    {"kafka.batch_messages", K_UINT, FIELD(kafka_batch_messages), 1, 1000000, "10000",
+     "librdkafka batch.num.messages"},
+    {"kafka.message_max", K_SIZE, FIELD(kafka_message_max), 4 * KIB, 1000000000, "1000000",
+     "librdkafka message.max.bytes; a larger record is rejected, batches split under it"},
+    {"files.rotate", K_SIZE, FIELD(files_rotate_bytes), 64 * KIB, 64 * GIB, "64MiB",
+     "file sink: start a new file at this size"},
+    {"files.keep", K_UINT, FIELD(files_keep), 1, 100000, "10",
+     "file sink: files kept per signal (the oldest is deleted)"},
+    {"shutdown.flush_timeout", K_DURATION, FIELD(pipeline_flush_ms), 0, 10 * MINUTE, "5s",
+     "at shutdown: time to deliver what the buffer holds (the rest waits on disk)"},
 };
+#pragma GCC diagnostic pop
 
 #define NKEYS (sizeof keys / sizeof keys[0])
 
@@ -302,7 +370,9 @@ static int parse_string(const key *k, const char *s, char *msg, size_t n) {
   case K_PATH: return parse_path(s, k->size, msg, n);
   case K_URL: return parse_url(s, k->size, msg, n);
   case K_TEXT: return parse_text(s, k->size, msg, n);
-  default: return parse_listen(s, msg, n);
+  default:
+    if (!s[0] && (k->flags & KF_EMPTY)) return 0;
+    return parse_listen(s, msg, n);
   }
 }
 
@@ -477,11 +547,25 @@ static int parse_word(const char *s, const char *const *words, size_t nwords, co
   return -EINVAL;
 }
 
+/* The index of `s` among k->choices ("a|b|c"). */
+static int parse_choice(const key *k, const char *s, char *msg, size_t n) {
+  size_t len = strlen(s);
+  int i = 0;
+  for (const char *c = k->choices; c; i++) {
+    const char *bar = strchr(c, '|');
+    size_t cl = bar ? (size_t)(bar - c) : strlen(c);
+    if (cl == len && strncasecmp(c, s, len) == 0) return i;
+    c = bar ? bar + 1 : NULL;
+  }
+  seterr(msg, n, "'%s' is not one of %s", s, k->choices);
+  return -EINVAL;
+}
+
 /* Parses and range-checks `s` for key `k`; on error writes the message (without the key). */
 static int parse_value(const key *k, const char *s, val *v, char *msg, size_t n) {
   static const char *const switches[] = {"off", "on", "false", "true"};
   memset(v, 0, sizeof *v);
-  if (s[0] == '\0' && k->kind != K_URL) {
+  if (s[0] == '\0' && k->kind != K_URL && !(k->flags & KF_EMPTY)) {
     seterr(msg, n, "empty value");
     return -EINVAL;
   }
@@ -498,6 +582,7 @@ static int parse_value(const key *k, const char *s, val *v, char *msg, size_t n)
   case K_SIZE:
     return parse_size(k, s, &v->u, msg, n);
   case K_DURATION:
+    if ((k->flags & KF_ALWAYS) && strcasecmp(s, "always") == 0) return 0;
     return parse_duration(k, s, &v->u, msg, n);
   case K_LEVEL:
     rc = parse_word(s, level_names, sizeof level_names / sizeof level_names[0],
@@ -513,6 +598,11 @@ static int parse_value(const key *k, const char *s, val *v, char *msg, size_t n)
     return 0;
   case K_FRACTION:
     return parse_fraction(k, s, &v->d, msg, n);
+  case K_CHOICE:
+    rc = parse_choice(k, s, msg, n);
+    if (rc < 0) return rc;
+    v->u = (uint64_t)rc;
+    return 0;
   }
   seterr(msg, n, "internal error: unknown kind");
   return -EINVAL;
@@ -545,6 +635,9 @@ static void store(keel_config *cfg, const key *k, const val *v) {
     memcpy(p, &lv, sizeof lv);
     break;
   }
+  case K_CHOICE:
+    *p = (unsigned char)v->u;
+    break;
   case K_SWITCH:
   case K_FRACTION:
     if (k->size == 1)
@@ -740,6 +833,12 @@ int keel_config_validate(const keel_config *cfg, char *err, size_t errlen) {
     case K_SWITCH: /* a double shares its field with a K_FRACTION key, which checks it */
       if (k->size == 1 && *p > 1) {
         seterr(err, errlen, "%s: %u is not 0 or 1", k->name, *p);
+        return -EINVAL;
+      }
+      break;
+    case K_CHOICE:
+      if (*p > k->max) {
+        seterr(err, errlen, "%s: %u is not one of %s", k->name, *p, k->choices);
         return -EINVAL;
       }
       break;

@@ -48,6 +48,10 @@ static void list_push(kl_conn **head, kl_conn *c) {
 static void conn_close(kl_conn *c) {
   if (c->closed) return;
   kl_worker *w = c->w;
+  if (c->state == KL_CONN_WAIT && c->wait_cancel) {
+    c->wait_cancel(c->wait_arg, c->wait_id);
+    c->wait_cancel = NULL;
+  }
   kl_io_stop(&w->loop, &c->io);
   close(c->io.fd);
   c->io.fd = -1;
@@ -305,7 +309,7 @@ static int conn_flush(kl_conn *c) {
     conn_linger(c);
     return 0;
   }
-  if (!c->reading && !c->closed && c->state != KL_CONN_LINGER) {
+  if (!c->reading && !c->closed && c->state != KL_CONN_LINGER && c->state != KL_CONN_WAIT) {
     c->reading = 1;
     conn_want(c, EPOLLIN | EPOLLRDHUP);
   }
@@ -331,6 +335,7 @@ keel_str keel_req_query(const keel_req *req) {
 
 keel_str keel_req_header(const keel_req *req, const char *name) {
   const kl_conn *c = req->conn;
+  if (c->w->hdrs_conn != c || c->w->hdrs_gen != c->gen) return (keel_str){NULL, 0}; /* deferred */
   size_t n = strlen(name);
   for (uint32_t i = 0; i < c->head.nheaders; i++) {
     const kl_header *h = &c->w->hdrs[i];
@@ -485,6 +490,29 @@ static void access_log(kl_conn *c, keel_req *req, const kl_route *r, uint64_t us
   kl_line_end(&l, w->logq);
 }
 
+/* After the answer: metrics, access log, span, and on to the next request. */
+static void conn_finish(kl_conn *c, const kl_route *r, uint32_t slot, size_t req_end) {
+  kl_worker *w = c->w;
+  keel_req *req = &c->req;
+  if (!req->responded) { /* the output cap refused even the error: give up on this peer */
+    c->closing = 1;
+  }
+  uint64_t us = kl_now_us() - c->req_start;
+  if (req->responded) kl_stats_request(w, slot, req->status, us);
+  kl_stats_add(w, w->srv->stats.in_flight, (uint64_t)-1);
+  access_log(c, req, r, us);
+  kl_reqtrace_end(w, req, r, us);
+  kl_arena_reset(&w->arena);
+  if (!conn_keeps(c)) c->closing = 1;
+  c->in_start += req_end;
+  c->in_request = 0;
+  conn_deadline(c, w->srv->cfg.idle_timeout_ms);
+  c->state = KL_CONN_HEAD;
+  c->scanned = 0;
+  c->sent_continue = 0;
+  c->gen++;
+}
+
 /* Runs the handler for the complete request in `in` and moves to the next one. */
 static void conn_dispatch(kl_conn *c, size_t req_end) {
   kl_worker *w = c->w;
@@ -497,6 +525,8 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
     uint8_t expect = c->head.expect_continue;
     kl_http_parse_head(base, c->head.head_len, &scanned, &w->limits, w->hdrs, &c->head, &err);
     c->head.expect_continue = expect;
+    w->hdrs_conn = c;
+    w->hdrs_gen = c->gen;
   }
   memset(req, 0, sizeof(*req));
   req->conn = c;
@@ -506,14 +536,21 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
   w->hdrbuf.len = 0;
 
   char allow[128];
-  const kl_route *r = kl_route_find(w->srv, base + c->head.method_off, c->head.method_len,
-                                    base + c->head.path_off, c->head.path_len, allow,
-                                    sizeof(allow));
+  const kl_route *r = kl_route_find(w->srv, c->listener, base + c->head.method_off,
+                                    c->head.method_len, base + c->head.path_off,
+                                    c->head.path_len, allow, sizeof(allow));
   uint32_t slot;
-  kl_reqtrace_begin(w, req, r);
+  if (!r || !(r->flags & KL_ROUTE_UNTRACED)) kl_reqtrace_begin(w, req, r);
   if (r) {
     slot = r->slot + (c->head.is_head && r->method[0] == 'G'); /* HEAD on a GET route */
     r->handler(req, r->userdata);
+    if (req->deferred && !req->responded) {
+      c->wait_route = r;
+      c->wait_slot = slot;
+      c->wait_end = req_end;
+      kl_arena_reset(&w->arena);
+      return;
+    }
     if (!req->responded) {
       w->hdrbuf.len = 0;
       if (req->begun) req->begun = 0;
@@ -539,29 +576,50 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
     }
     keel_respond(req, 404, "application/json", body, n);
   }
-  if (!req->responded) { /* the output cap refused even the error: give up on this peer */
-    c->closing = 1;
-  }
-  uint64_t us = kl_now_us() - c->req_start;
-  if (req->responded) kl_stats_request(w, slot, req->status, us);
-  kl_stats_add(w, w->srv->stats.in_flight, (uint64_t)-1);
-  access_log(c, req, r, us);
-  kl_reqtrace_end(w, req, r, us);
-  kl_arena_reset(&w->arena);
-  if (!conn_keeps(c)) c->closing = 1;
-  c->in_start += req_end;
-  c->in_request = 0;
-  conn_deadline(c, w->srv->cfg.idle_timeout_ms);
-  c->state = KL_CONN_HEAD;
-  c->scanned = 0;
-  c->sent_continue = 0;
-  c->gen++;
+  conn_finish(c, r, slot, req_end);
+}
+
+/* ---- deferred answers ----------------------------------------------------- */
+
+void kl_req_defer(keel_req *req, kl_deferred *d, uint32_t timeout_ms,
+                  void (*cancel)(void *arg, uint64_t id), void *arg) {
+  kl_conn *c = req->conn;
+  c->wait_cancel = cancel;
+  c->wait_arg = arg;
+  req->deferred = 1;
+  c->state = KL_CONN_WAIT;
+  c->wait_id = ++c->w->wait_seq;
+  c->reading = 0;
+  conn_want(c, 0); /* level-triggered input must not wake us while we wait */
+  c->deadline = c->w->loop.now + timeout_ms;
+  kl_timer_set(&c->w->loop.timers, &c->timer, c->deadline);
+  d->conn = c;
+  d->id = c->wait_id;
+}
+
+keel_req *kl_deferred_req(const kl_deferred *d) {
+  kl_conn *c = d->conn;
+  if (c->closed || c->state != KL_CONN_WAIT || c->wait_id != d->id) return NULL;
+  c->w->hdrbuf.len = 0;
+  return &c->req;
+}
+
+void kl_deferred_finish(const kl_deferred *d) {
+  kl_conn *c = d->conn;
+  if (c->closed || c->state != KL_CONN_WAIT || c->wait_id != d->id) return;
+  if (!c->req.responded) keel_respond_error(&c->req, 500, "handler did not respond");
+  c->wait_id = 0;
+  c->wait_cancel = NULL;
+  conn_finish(c, c->wait_route, c->wait_slot, c->wait_end);
+  conn_process(c); /* requests pipelined behind it */
+  if (!c->closed) conn_flush(c);
 }
 
 /* Parses and handles every complete request buffered, as far as output backpressure allows. */
 static void conn_process(kl_conn *c) {
   kl_worker *w = c->w;
   const keel_config *cfg = &w->srv->cfg;
+  uint64_t body_max = w->srv->listeners[c->listener].body_max;
   while (!c->closing && !c->closed) {
     if (c->nsegs + 4 > KL_SEGS_MAX || c->out.len > KL_OUT_HIGH) {
       if (conn_flush(c) || c->closed) return; /* resumes from the EPOLLOUT handler */
@@ -597,7 +655,7 @@ static void conn_process(kl_conn *c) {
       }
       w->hdrs_conn = c;
       w->hdrs_gen = c->gen;
-      if (c->head.has_length && c->head.content_length > cfg->body_max) {
+      if (c->head.has_length && c->head.content_length > body_max) {
         respond_error_close(c, 413, "request body too large", (long)c->head.head_len, 0);
         return;
       }
@@ -635,7 +693,7 @@ static void conn_process(kl_conn *c) {
       continue;
     }
     kl_http_error err;
-    int rc = kl_chunked_decode(&c->chunked, base, avail, &c->raw_pos, &c->body_pos, cfg->body_max,
+    int rc = kl_chunked_decode(&c->chunked, base, avail, &c->raw_pos, &c->body_pos, body_max,
                                cfg->header_bytes_max, &err);
     if (rc < 0) {
       respond_error_close(c, err.status, err.msg, (long)err.offset, err.framing);
@@ -744,6 +802,14 @@ static void conn_timer_cb(kl_timer *t) {
   }
   if (c->state == KL_CONN_LINGER || c->seg_first < c->nsegs) {
     conn_close(c); /* linger over, or the peer stopped reading our response */
+  } else if (c->state == KL_CONN_WAIT) {
+    /* The deferred answer is late: say so; the waiter finds the request gone. */
+    kl_deferred d = {c, c->wait_id};
+    if (c->wait_cancel) c->wait_cancel(c->wait_arg, c->wait_id);
+    keel_req *req = kl_deferred_req(&d);
+    keel_resp_header(req, "Retry-After", "1");
+    keel_respond_error(req, 503, "timed out waiting for the answer");
+    kl_deferred_finish(&d);
   } else if (c->state == KL_CONN_BODY || c->in.len > c->in_start) {
     respond_error_close(c, 408, c->state == KL_CONN_BODY ? "timed out reading the request body"
                                                          : "timed out reading the request head",
@@ -771,7 +837,7 @@ static void refuse(kl_worker *w, int fd) {
   close(fd);
 }
 
-static kl_conn *conn_new(kl_worker *w) {
+static kl_conn *conn_new(kl_worker *w, unsigned listener) {
   kl_conn *c = w->free;
   if (c) {
     list_remove(&w->free, c);
@@ -789,7 +855,9 @@ static kl_conn *conn_new(kl_worker *w) {
   c->out = out;
   c->in.len = c->out.len = 0;
   /* The largest request: a full head plus a full body plus one chunk line of slack. */
-  c->in.max = (size_t)cfg->header_bytes_max + (size_t)cfg->body_max + 64 * 1024;
+  uint64_t body_max = w->srv->listeners[listener].body_max;
+  c->listener = (uint8_t)listener;
+  c->in.max = (size_t)cfg->header_bytes_max + (size_t)body_max + 64 * 1024;
   c->out.max = (size_t)cfg->body_max + 1024 * 1024;
   c->nsegs = c->seg_first = 0;
   c->w = w;
@@ -801,8 +869,9 @@ static kl_conn *conn_new(kl_worker *w) {
 
 void kl_conn_accept(kl_loop *loop, kl_io *io, uint32_t events) {
   (void)events;
-  kl_worker *w = (kl_worker *)(void *)((char *)io - offsetof(kl_worker, listen_io));
-  for (int i = 0; (i < KL_ACCEPTS_PER_EVENT || w->draining) && w->listen_io.fd >= 0; i++) {
+  kl_worker *w = (kl_worker *)(void *)((char *)loop - offsetof(kl_worker, loop));
+  unsigned k = (unsigned)(io - w->listen_io); /* io is w->listen_io[k] */
+  for (int i = 0; (i < KL_ACCEPTS_PER_EVENT || w->draining) && io->fd >= 0; i++) {
     struct sockaddr_storage peer;
     socklen_t plen = sizeof(peer);
     int fd = accept4(io->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -820,7 +889,7 @@ void kl_conn_accept(kl_loop *loop, kl_io *io, uint32_t events) {
       refuse(w, fd);
       continue;
     }
-    kl_conn *c = conn_new(w);
+    kl_conn *c = conn_new(w, k);
     if (!c) {
       refuse(w, fd);
       continue;

@@ -14,7 +14,9 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "http/otlp_http.h"
 #include "http/server_internal.h"
+#include "pipeline/pipeline.h"
 
 #define KL_LISTEN_BACKLOG 4096
 /** Between refusing new handshakes and closing a listener at drain: well above any in-cluster
@@ -25,11 +27,19 @@
 
 int keel_route(keel_server *srv, const char *method, const char *path, keel_handler handler,
                void *userdata) {
-  if (!srv || !method || !path || !handler || path[0] != '/' || !method[0]) return -EINVAL;
+  return kl_route_add(srv, 0, method, path, handler, userdata, 0);
+}
+
+int kl_route_add(keel_server *srv, unsigned listener, const char *method, const char *path,
+                 keel_handler handler, void *userdata, unsigned flags) {
+  if (!srv || !method || !path || !handler || path[0] != '/' || !method[0] ||
+      listener >= srv->nlisteners)
+    return -EINVAL;
   for (const char *m = method; *m; m++)
     if (*m < 'A' || *m > 'Z') return -EINVAL;
   for (size_t i = 0; i < srv->nroutes; i++)
-    if (strcmp(srv->routes[i].method, method) == 0 && strcmp(srv->routes[i].path, path) == 0)
+    if (srv->routes[i].listener == listener && strcmp(srv->routes[i].method, method) == 0 &&
+        strcmp(srv->routes[i].path, path) == 0)
       return -EEXIST;
   if (srv->nroutes == srv->cap_routes) {
     size_t cap = srv->cap_routes ? srv->cap_routes * 2 : 16;
@@ -50,12 +60,15 @@ int keel_route(keel_server *srv, const char *method, const char *path, keel_hand
   r->path_len = strlen(path);
   r->handler = handler;
   r->userdata = userdata;
+  r->listener = (uint8_t)listener;
+  r->flags = (uint8_t)flags;
   srv->nroutes++;
   return 0;
 }
 
-const kl_route *kl_route_find(const keel_server *srv, const char *method, size_t mlen,
-                              const char *path, size_t plen, char *allow, size_t allowlen) {
+const kl_route *kl_route_find(const keel_server *srv, unsigned listener, const char *method,
+                              size_t mlen, const char *path, size_t plen, char *allow,
+                              size_t allowlen) {
   if (plen == 0) { /* absolute-form target without a path */
     path = "/";
     plen = 1;
@@ -65,7 +78,7 @@ const kl_route *kl_route_find(const keel_server *srv, const char *method, size_t
   allow[0] = '\0';
   for (size_t i = 0; i < srv->nroutes; i++) {
     const kl_route *r = &srv->routes[i];
-    if (r->path_len != plen || memcmp(r->path, path, plen) != 0) continue;
+    if (r->listener != listener || r->path_len != plen || memcmp(r->path, path, plen) != 0) continue;
     if ((r->method_len == mlen && memcmp(r->method, method, mlen) == 0) ||
         (head && strcmp(r->method, "GET") == 0))
       return r;
@@ -136,33 +149,45 @@ void keel_log(keel_server *srv, keel_log_level level, const char *msg, ...) {
 
 /* ---- server ------------------------------------------------------------- */
 
-/* Splits "host:port" / "[v6]:port" and resolves it (numeric or name) into srv->addr. */
-static int resolve_listen(keel_server *srv, char *err, size_t errlen) {
+/* Splits "host:port" / "[v6]:port" and resolves it (numeric or name) into l->addr. */
+static int resolve_listen(kl_listener *l, const char *text, char *err, size_t errlen) {
   char host[128];
-  const char *l = srv->cfg.listen, *colon = strrchr(l, ':');
+  const char *colon = strrchr(text, ':'), *t = text;
   if (!colon) {
-    snprintf(err, errlen, "listen: '%s' is not HOST:PORT", l);
+    snprintf(err, errlen, "%s: '%s' is not HOST:PORT", l->name, text);
     return -EINVAL;
   }
-  size_t hl = (size_t)(colon - l);
-  if (hl >= 2 && l[0] == '[' && l[hl - 1] == ']') {
-    l++;
+  size_t hl = (size_t)(colon - t);
+  if (hl >= 2 && t[0] == '[' && t[hl - 1] == ']') {
+    t++;
     hl -= 2;
   }
   if (hl >= sizeof(host)) hl = sizeof(host) - 1;
-  memcpy(host, l, hl);
+  memcpy(host, t, hl);
   host[hl] = '\0';
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                            .ai_flags = AI_PASSIVE}, *res = NULL;
   int rc = getaddrinfo(hl ? host : NULL, colon + 1, &hints, &res);
   if (rc != 0 || !res) {
-    snprintf(err, errlen, "listen: cannot resolve '%s': %s", srv->cfg.listen, gai_strerror(rc));
+    snprintf(err, errlen, "%s: cannot resolve '%s': %s", l->name, text, gai_strerror(rc));
     return -EINVAL;
   }
-  memcpy(&srv->addr, res->ai_addr, res->ai_addrlen);
-  srv->addrlen = res->ai_addrlen;
+  memcpy(&l->addr, res->ai_addr, res->ai_addrlen);
+  l->addrlen = res->ai_addrlen;
   freeaddrinfo(res);
   return 0;
+}
+
+int kl_server_listen(keel_server *srv, const char *name, const char *addr, uint64_t body_max,
+                     char *err, size_t errlen) {
+  if (srv->nlisteners == KL_LISTENERS_MAX) return -ENOSPC;
+  kl_listener *l = &srv->listeners[srv->nlisteners];
+  memset(l, 0, sizeof(*l));
+  snprintf(l->name, sizeof(l->name), "%s", name);
+  l->body_max = body_max;
+  int rc = resolve_listen(l, addr, err, errlen);
+  if (rc) return rc;
+  return (int)srv->nlisteners++;
 }
 
 keel_server *keel_server_new(const keel_config *cfg, char *err, size_t errlen) {
@@ -173,7 +198,17 @@ keel_server *keel_server_new(const keel_config *cfg, char *err, size_t errlen) {
   }
   srv->cfg = *cfg;
   srv->stopfd = srv->donefd = -1;
-  if (keel_config_validate(&srv->cfg, err, errlen) || resolve_listen(srv, err, errlen)) goto fail;
+  if (keel_config_validate(&srv->cfg, err, errlen) ||
+      kl_server_listen(srv, "listen", cfg->listen, cfg->body_max, err, errlen) < 0)
+    goto fail;
+  if (cfg->pipeline_enabled && cfg->otlp_http_listen[0]) {
+    int l = kl_server_listen(srv, "otlp_http", cfg->otlp_http_listen, cfg->otlp_max_request, err,
+                             errlen);
+    if (l < 0 || kl_otlp_http_routes(srv, (unsigned)l) != 0) {
+      if (l >= 0) snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
+  }
   srv->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   srv->donefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (srv->stopfd < 0 || srv->donefd < 0) {
@@ -216,7 +251,7 @@ void keel_server_free(keel_server *srv) {
   free(srv);
 }
 
-int keel_server_port(const keel_server *srv) { return atomic_load(&srv->port); }
+int keel_server_port(const keel_server *srv) { return atomic_load(&srv->listeners[0].port); }
 
 void keel_server_stop(keel_server *srv) {
   uint64_t one = 1;
@@ -226,8 +261,8 @@ void keel_server_stop(keel_server *srv) {
 
 /* ---- workers ------------------------------------------------------------ */
 
-static int open_listener(keel_server *srv, int port) {
-  struct sockaddr_storage addr = srv->addr;
+static int open_listener(const kl_listener *l, int port) {
+  struct sockaddr_storage addr = l->addr;
   if (addr.ss_family == AF_INET)
     ((struct sockaddr_in *)(void *)&addr)->sin_port = htons((uint16_t)port);
   else
@@ -237,7 +272,7 @@ static int open_listener(keel_server *srv, int port) {
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-  if (bind(fd, (struct sockaddr *)&addr, srv->addrlen) < 0 || listen(fd, KL_LISTEN_BACKLOG) < 0) {
+  if (bind(fd, (struct sockaddr *)&addr, l->addrlen) < 0 || listen(fd, KL_LISTEN_BACKLOG) < 0) {
     int e = -errno;
     close(fd);
     return e;
@@ -258,7 +293,7 @@ static void worker_ctl(kl_loop *loop, kl_io *io, uint32_t events) {
     kl_conn_close_all(w);
     return;
   }
-  if (cmd == KL_CMD_DRAIN && w->listen_io.fd >= 0) {
+  if (cmd == KL_CMD_DRAIN && !w->draining) {
     /* Closing a listener resets whatever waits in its accept queue, and connections keep
      * landing there until it is closed. So first stop new handshakes: a socket filter drops
      * segments without ACK (new SYNs; their clients retry, then find the port closed: refused,
@@ -271,7 +306,9 @@ static void worker_ctl(kl_loop *loop, kl_io *io, uint32_t events) {
         BPF_STMT(BPF_RET | BPF_K, 0),                     /* drop */
     };
     const struct sock_fprog prog = {4, (struct sock_filter *)(uintptr_t)syn_drop};
-    setsockopt(w->listen_io.fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog));
+    for (unsigned i = 0; i < w->srv->nlisteners; i++)
+      if (w->listen_io[i].fd >= 0)
+        setsockopt(w->listen_io[i].fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog));
     if (kl_timer_set(&loop->timers, &w->close_timer, loop->now + KL_LISTEN_QUIESCE_MS) < 0)
       worker_close_listener(&w->close_timer);
   }
@@ -279,18 +316,23 @@ static void worker_ctl(kl_loop *loop, kl_io *io, uint32_t events) {
 
 static void worker_close_listener(kl_timer *t) {
   kl_worker *w = (kl_worker *)(void *)((char *)t - offsetof(kl_worker, close_timer));
-  if (w->listen_io.fd < 0) return;
+  if (w->draining) return;
   w->draining = 1; /* also lifts kl_conn_accept's per-event cap: take the whole queue */
-  kl_conn_accept(&w->loop, &w->listen_io, EPOLLIN);
-  kl_io_stop(&w->loop, &w->listen_io);
-  close(w->listen_io.fd);
-  w->listen_io.fd = -1;
+  for (unsigned i = 0; i < w->srv->nlisteners; i++) {
+    kl_io *io = &w->listen_io[i];
+    if (io->fd < 0) continue;
+    kl_conn_accept(&w->loop, io, EPOLLIN);
+    kl_io_stop(&w->loop, io);
+    close(io->fd);
+    io->fd = -1;
+  }
   kl_conn_drain_all(w);
 }
 
 static void worker_accept_resume(kl_timer *t) {
   kl_worker *w = (kl_worker *)(void *)((char *)t - offsetof(kl_worker, accept_timer));
-  if (w->listen_io.fd >= 0) kl_io_modify(&w->loop, &w->listen_io, EPOLLIN);
+  for (unsigned i = 0; i < w->srv->nlisteners; i++)
+    if (w->listen_io[i].fd >= 0) kl_io_modify(&w->loop, &w->listen_io[i], EPOLLIN);
 }
 
 static void worker_before_sleep(kl_loop *loop) {
@@ -306,8 +348,13 @@ static void *worker_main(void *arg) {
   if (w->srv->tracer && !(w->traceq = kl_tracer_bind(w->srv->tracer)))
     keel_log(w->srv, KEEL_LOG_ERROR, "tracing off on a worker: no span queue", "error",
              strerror(errno), NULL); /* its requests are traced, their spans dropped */
+  int rc = 0;
+  if (w->srv->pipeline && w->srv->nlisteners > 1 && (rc = kl_otlp_http_worker_init(w)) != 0)
+    keel_log(w->srv, KEEL_LOG_ERROR, "OTLP/HTTP receiver off on a worker: cannot set up",
+             "error", strerror(-rc), NULL);
   kl_loop_run(&w->loop);
   kl_conn_close_all(w);
+  kl_otlp_http_worker_free(w);
   kl_conn_free_pool(w);
   uint64_t one = 1;
   ssize_t n = write(w->srv->donefd, &one, sizeof(one));
@@ -315,12 +362,15 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
-static int worker_init(keel_server *srv, kl_worker *w, unsigned id, int listen_fd) {
+static int worker_init(keel_server *srv, kl_worker *w, unsigned id, const int *listen_fds) {
   const keel_config *cfg = &srv->cfg;
   memset(w, 0, sizeof(*w));
   w->srv = srv;
   w->id = id;
-  w->listen_io.fd = listen_fd;
+  for (unsigned i = 0; i < KL_LISTENERS_MAX; i++) {
+    w->listen_io[i].fd = i < srv->nlisteners ? listen_fds[i] : -1;
+    w->listen_io[i].cb = kl_conn_accept;
+  }
   w->ctl_io.fd = -1;
   w->max_conns = (cfg->max_connections + srv->nworkers - 1) / srv->nworkers;
   w->limits.request_line_max = cfg->request_line_max;
@@ -340,15 +390,16 @@ static int worker_init(keel_server *srv, kl_worker *w, unsigned id, int listen_f
   w->ctl_io.fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (w->ctl_io.fd < 0) return -errno;
   w->ctl_io.cb = worker_ctl;
-  w->listen_io.cb = kl_conn_accept;
-  if ((rc = kl_io_start(&w->loop, &w->ctl_io, EPOLLIN)) ||
-      (rc = kl_io_start(&w->loop, &w->listen_io, EPOLLIN)))
-    return rc;
+  if ((rc = kl_io_start(&w->loop, &w->ctl_io, EPOLLIN))) return rc;
+  for (unsigned i = 0; i < srv->nlisteners; i++)
+    if ((rc = kl_io_start(&w->loop, &w->listen_io[i], EPOLLIN))) return rc;
   return 0;
 }
 
 static void worker_cleanup(kl_worker *w) {
-  if (w->listen_io.fd >= 0) close(w->listen_io.fd);
+  kl_otlp_http_worker_close(w);
+  for (unsigned i = 0; i < KL_LISTENERS_MAX; i++)
+    if (w->listen_io[i].fd >= 0) close(w->listen_io[i].fd);
   if (w->ctl_io.fd >= 0) close(w->ctl_io.fd);
   kl_loop_free(&w->loop);
   kl_arena_free(&w->arena);
@@ -365,13 +416,44 @@ static void worker_command(kl_worker *w, int cmd) {
 
 /* ---- run ---------------------------------------------------------------- */
 
-static const char *addr_text(const keel_server *srv, char *buf, size_t n) {
+static const char *addr_text(const kl_listener *l, char *buf, size_t n) {
   char host[64] = "?";
-  getnameinfo((const struct sockaddr *)&srv->addr, srv->addrlen, host, sizeof(host), NULL, 0,
+  getnameinfo((const struct sockaddr *)&l->addr, l->addrlen, host, sizeof(host), NULL, 0,
               NI_NUMERICHOST);
-  snprintf(buf, n, srv->addr.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host,
-           atomic_load(&srv->port));
+  snprintf(buf, n, l->addr.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host,
+           atomic_load(&l->port));
   return buf;
+}
+
+static int sa_port(const struct sockaddr_storage *a) {
+  return ntohs(a->ss_family == AF_INET ? ((const struct sockaddr_in *)(const void *)a)->sin_port
+                                       : ((const struct sockaddr_in6 *)(const void *)a)->sin6_port);
+}
+
+/* Opens worker `i`'s socket on every listener; the first bind of port 0 picks the port. */
+static int open_listeners(keel_server *srv, int *fds) {
+  for (unsigned l = 0; l < srv->nlisteners; l++) {
+    kl_listener *li = &srv->listeners[l];
+    int port = atomic_load(&li->port);
+    if (port == 0) port = sa_port(&li->addr);
+    int fd = open_listener(li, port);
+    if (fd < 0) {
+      char buf[160];
+      keel_log(srv, KEEL_LOG_ERROR, "cannot listen", "listener", li->name, "address",
+               addr_text(li, buf, sizeof(buf)), "error", strerror(-fd), NULL);
+      while (l--) close(fds[l]);
+      return fd;
+    }
+    if (port == 0) {
+      struct sockaddr_storage a;
+      socklen_t alen = sizeof(a);
+      getsockname(fd, (struct sockaddr *)&a, &alen);
+      port = sa_port(&a);
+    }
+    atomic_store(&li->port, port);
+    fds[l] = fd;
+  }
+  return 0;
 }
 
 /* Starts the OTLP exporter for tracing.endpoint: a base URL gets /v1/traces appended. */
@@ -433,30 +515,22 @@ int keel_server_run(keel_server *srv) {
     goto out;
   }
   if (cfg->trace_endpoint[0] && (rc = tracer_start(srv)) != 0) goto out;
+  if (cfg->pipeline_enabled) {
+    char perr[320];
+    if (!(srv->pipeline = kl_pipeline_start(cfg, srv, srv->metrics, perr, sizeof(perr)))) {
+      keel_log(srv, KEEL_LOG_ERROR, "cannot start the pipeline", "error", perr, NULL);
+      rc = -EINVAL;
+      goto out;
+    }
+  }
   if (cfg->metrics_enabled && (rc = kl_stats_setup(srv, srv->nworkers)) != 0) {
     keel_log(srv, KEEL_LOG_ERROR, "cannot set up metrics", "error", strerror(-rc), NULL);
     goto out;
   }
-  int port = ntohs(srv->addr.ss_family == AF_INET
-                       ? ((struct sockaddr_in *)(void *)&srv->addr)->sin_port
-                       : ((struct sockaddr_in6 *)(void *)&srv->addr)->sin6_port);
   for (unsigned i = 0; i < srv->nworkers; i++) {
-    int fd = open_listener(srv, port);
-    if (fd < 0) {
-      rc = fd;
-      keel_log(srv, KEEL_LOG_ERROR, "cannot listen", "listen", cfg->listen, "error",
-               strerror(-fd), NULL);
-      goto out;
-    }
-    if (port == 0) { /* the first bind chose the port; the others share it */
-      struct sockaddr_storage a;
-      socklen_t alen = sizeof(a);
-      getsockname(fd, (struct sockaddr *)&a, &alen);
-      port = ntohs(a.ss_family == AF_INET ? ((struct sockaddr_in *)(void *)&a)->sin_port
-                                          : ((struct sockaddr_in6 *)(void *)&a)->sin6_port);
-    }
-    atomic_store(&srv->port, port);
-    rc = worker_init(srv, &srv->workers[i], i, fd);
+    int fds[KL_LISTENERS_MAX];
+    if ((rc = open_listeners(srv, fds)) != 0) goto out;
+    rc = worker_init(srv, &srv->workers[i], i, fds);
     if (cfg->metrics_enabled) srv->workers[i].mb = kl_metrics_block(srv->metrics, i);
     if (rc) {
       worker_cleanup(&srv->workers[i]);
@@ -472,10 +546,16 @@ int keel_server_run(keel_server *srv) {
       goto out;
     }
   }
-  char workers[16];
-  snprintf(workers, sizeof(workers), "%u", srv->nworkers);
-  keel_log(srv, KEEL_LOG_INFO, "listening", "address", addr_text(srv, buf, sizeof(buf)),
-           "workers", workers, "version", KEEL_VERSION, NULL);
+  if (kl_log_enabled(srv->log, KEEL_LOG_INFO)) {
+    kl_line l; /* "address" is the main listener; the others go by name */
+    kl_line_begin(&l, KEEL_LOG_INFO, "listening");
+    kl_line_cstr(&l, "address", addr_text(&srv->listeners[0], buf, sizeof(buf)));
+    for (unsigned i = 1; i < srv->nlisteners; i++)
+      kl_line_cstr(&l, srv->listeners[i].name, addr_text(&srv->listeners[i], buf, sizeof(buf)));
+    kl_line_int(&l, "workers", srv->nworkers);
+    kl_line_cstr(&l, "version", KEEL_VERSION);
+    kl_line_end(&l, kl_log_queue(srv->log));
+  }
 
   int phase = PH_RUN;
   unsigned done = 0;
@@ -543,6 +623,8 @@ int keel_server_run(keel_server *srv) {
   for (unsigned i = 0; i < srv->nworkers; i++) pthread_join(srv->workers[i].thread, NULL);
   keel_log(srv, rc ? KEEL_LOG_WARN : KEEL_LOG_INFO, "stopped", NULL);
 out:
+  kl_pipeline_stop(srv->pipeline); /* delivers for up to shutdown.flush_timeout */
+  srv->pipeline = NULL;
   for (unsigned i = 0; i < started; i++) worker_cleanup(&srv->workers[i]);
   free(srv->workers);
   srv->workers = NULL;

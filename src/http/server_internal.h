@@ -21,7 +21,22 @@
 typedef struct kl_worker kl_worker;
 typedef struct kl_conn kl_conn;
 
-/** A route: exact method and path. */
+/** Most listeners per server: the main one plus what modules add (the OTLP/HTTP receiver). */
+#define KL_LISTENERS_MAX 4
+
+/** A listening address; every worker opens its own socket on it (SO_REUSEPORT). */
+typedef struct kl_listener {
+  char name[32];                 /* for logs: "http", "otlp_http" */
+  struct sockaddr_storage addr;
+  socklen_t addrlen;
+  _Atomic int port;              /* the bound port (chosen by the kernel for port 0) */
+  uint64_t body_max;             /* request body cap on this listener (413 beyond) */
+} kl_listener;
+
+/** Route flags. */
+enum { KL_ROUTE_UNTRACED = 1 }; /* no SERVER span (receivers: keel's own spans may come back) */
+
+/** A route: exact method and path, on one listener. */
 typedef struct kl_route {
   char *method;
   size_t method_len;
@@ -30,13 +45,15 @@ typedef struct kl_route {
   keel_handler handler;
   void *userdata;
   uint32_t slot; /* metrics slot of (method, path); GET routes: +1 for HEAD */
+  uint8_t listener;
+  uint8_t flags;  /* KL_ROUTE_* */
 } kl_route;
 
 /** Output segments queued for one writev (offsets into the connection's out buffer). */
 #define KL_SEGS_MAX 128
 
 /** Connection states (see conn_set_state in conn.c). */
-enum { KL_CONN_HEAD, KL_CONN_BODY, KL_CONN_LINGER };
+enum { KL_CONN_HEAD, KL_CONN_BODY, KL_CONN_WAIT, KL_CONN_LINGER };
 
 struct keel_req {
   kl_conn *conn;
@@ -48,6 +65,7 @@ struct keel_req {
   size_t resp_body_len;
   size_t begin_off; /* keel_respond_begin: where the body is being written */
   uint8_t begun;
+  uint8_t deferred; /* kl_req_defer: the answer comes later (KL_CONN_WAIT) */
   kl_reqtrace trace;
 };
 
@@ -56,12 +74,19 @@ struct kl_conn {
   kl_timer timer;
   kl_worker *w;
   kl_conn *prev, *next; /* worker's open list, or free/closed lists */
+  uint64_t wait_id;     /* KL_CONN_WAIT: the deferral's id (kl_deferred) */
+  const kl_route *wait_route;
+  void (*wait_cancel)(void *arg, uint64_t id); /* told when the wait ends without the waiter */
+  void *wait_arg;
+  uint32_t wait_slot;
+  size_t wait_end;      /* the deferred request's end in `in`, relative to in_start */
   uint8_t state;
   uint8_t closing;      /* close once the output is flushed */
   uint8_t closed;       /* fd closed; waiting for the worker to recycle the struct */
   uint8_t reading;      /* EPOLLIN wanted (cleared while output backs up) */
   uint8_t sent_continue;
   uint8_t in_request;   /* the current request's first byte has arrived */
+  uint8_t listener;     /* index into srv->listeners */
   uint32_t gen;         /* requests started on this connection */
   uint64_t deadline;    /* ms; the timer may be armed earlier, see conn_timer_cb */
   uint64_t req_start;   /* us when the current request's first byte arrived */
@@ -91,7 +116,7 @@ struct kl_worker {
   unsigned id;
   pthread_t thread;
   kl_loop loop;
-  kl_io listen_io; /* fd -1 once closed */
+  kl_io listen_io[KL_LISTENERS_MAX]; /* one per srv->listeners; fd -1 once closed */
   kl_io ctl_io;    /* eventfd: a command is waiting in `cmd` */
   _Atomic int cmd;
   int draining;
@@ -113,6 +138,8 @@ struct kl_worker {
   kl_traceq *traceq; /* this worker's span ring (tracing on) */
   kl_trace_rng ids;  /* trace and span ids */
   kl_span span;      /* the SERVER span of the request being handled */
+  uint64_t wait_seq; /* last deferral id given out */
+  void *otlp;        /* the OTLP/HTTP receiver's per-worker state (otlp_http.c) */
 };
 
 struct keel_server {
@@ -120,9 +147,8 @@ struct keel_server {
   kl_log *log;
   kl_route *routes;
   size_t nroutes, cap_routes;
-  struct sockaddr_storage addr;
-  socklen_t addrlen;
-  _Atomic int port;
+  kl_listener listeners[KL_LISTENERS_MAX]; /* [0]: cfg.listen */
+  unsigned nlisteners;
   kl_worker *workers;
   unsigned nworkers;
   _Atomic int draining; /* /readyz answers 503 */
@@ -131,6 +157,8 @@ struct keel_server {
   kl_metrics *metrics;  /* keel's and the application's series */
   kl_stats stats;       /* cell indexes of keel's own series */
   kl_tracer *tracer;    /* OTLP span export; NULL with tracing off */
+  struct kl_pipeline *pipeline; /* OTLP in, disk buffer, Kafka out; NULL when off */
+  struct kl_grpc *grpc;         /* the OTLP/gRPC receiver thread; NULL when off */
 };
 
 /** Worker-side: the peer's address as text (formatted on first use). */
@@ -145,8 +173,44 @@ void kl_conn_close_all(kl_worker *w);
 void kl_conn_recycle(kl_worker *w);
 /** Worker-side: free every pooled struct. */
 void kl_conn_free_pool(kl_worker *w);
-/** Finds the route for the request; sets *allow to a 405 Allow list when the path exists. */
-const kl_route *kl_route_find(const keel_server *srv, const char *method, size_t mlen,
-                              const char *path, size_t plen, char *allow, size_t allowlen);
+/** Finds the route on `listener`; sets *allow to a 405 Allow list when the path exists there. */
+const kl_route *kl_route_find(const keel_server *srv, unsigned listener, const char *method,
+                              size_t mlen, const char *path, size_t plen, char *allow,
+                              size_t allowlen);
+
+/**
+ * Adds a listener on "HOST:PORT" (main thread, before keel_server_run) with its own body
+ * cap; returns its index, or -EINVAL (bad address, message in err) / -ENOSPC.
+ */
+int kl_server_listen(keel_server *srv, const char *name, const char *addr, uint64_t body_max,
+                     char *err, size_t errlen);
+
+/** keel_route on a given listener, with KL_ROUTE_* flags. */
+int kl_route_add(keel_server *srv, unsigned listener, const char *method, const char *path,
+                 keel_handler handler, void *userdata, unsigned flags);
+
+/** A deferred request: the handler answers later, from an event on the same worker. */
+typedef struct kl_deferred {
+  kl_conn *conn;
+  uint64_t id;
+} kl_deferred;
+
+/**
+ * Handler-side: the answer to `req` comes later. The connection stops reading; the request
+ * stays in flight (drain waits for it) until kl_deferred_finish, or until timeout_ms passes,
+ * when keel answers 503 + Retry-After itself. If the wait ends that way or the connection
+ * closes, `cancel(arg, d->id)` is called first, so the waiter can forget `d` (its conn may be
+ * freed after). Arena memory and header views of the request are not valid after the
+ * handler returns: copy what the answer needs. Worker thread.
+ */
+void kl_req_defer(keel_req *req, kl_deferred *d, uint32_t timeout_ms,
+                  void (*cancel)(void *arg, uint64_t id), void *arg);
+
+/** The deferred request, ready for keel_resp_header/keel_respond; NULL if it is gone (timed
+ *  out, connection closed). Worker thread. */
+keel_req *kl_deferred_req(const kl_deferred *d);
+
+/** After answering with keel_respond*: completes the request and resumes the connection. */
+void kl_deferred_finish(const kl_deferred *d);
 
 #endif

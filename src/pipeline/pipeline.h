@@ -5,8 +5,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/buf.h"
 #include "pipeline/otlp.h"
 #include "pipeline/record.h"
+
+struct keel_server;
+struct kl_metrics;
+struct keel_config;
 
 /*
  * Receivers (OTLP/HTTP on the workers, OTLP/gRPC on its own thread) hand each decoded
@@ -18,6 +23,32 @@
  */
 
 typedef struct kl_pipeline kl_pipeline;
+
+/** A caller thread's working memory for ingest (inflated body, transcoded body, records). */
+typedef struct kl_ingest_scratch {
+  kl_buf body; /* inflated or transcoded request */
+  kl_buf recs; /* record payloads, back to back */
+  kl_buf iov;  /* struct iovec per record, then the rec_iov index */
+} kl_ingest_scratch;
+
+/** Sets up empty scratch buffers capped for requests of `max_request` bytes. */
+void kl_ingest_scratch_init(kl_ingest_scratch *s, size_t max_request);
+/** Frees them. */
+void kl_ingest_scratch_free(kl_ingest_scratch *s);
+
+/**
+ * Opens the disk buffer under cfg->data_dir, starts the sink (Kafka, or files when no brokers
+ * are configured) and registers the pipeline's metrics in `m` (before it is frozen). `srv`
+ * is for logging. NULL with a message in err.
+ */
+kl_pipeline *kl_pipeline_start(const struct keel_config *cfg, struct keel_server *srv,
+                               struct kl_metrics *m, char *err, size_t errlen);
+
+/**
+ * Stops: refuses further ingest (KL_INGEST_DOWN), delivers what it can within the configured
+ * flush timeout, closes the buffer (what is left stays on disk for the next start), frees.
+ */
+void kl_pipeline_stop(kl_pipeline *p);
 
 /** Outcome of an ingest (besides 0). */
 enum {
@@ -34,7 +65,8 @@ enum {
  * and res says accepted/rejected counts for the response. Any thread.
  */
 int kl_pipeline_ingest(kl_pipeline *p, kl_signal sig, kl_format fmt, const uint8_t *body,
-                       size_t len, kl_otlp_result *res, uint64_t *wait);
+                       size_t len, kl_ingest_scratch *scratch, kl_otlp_result *res,
+                       uint64_t *wait);
 
 /** The acknowledged position: requests whose *wait is at or below it may be answered. */
 uint64_t kl_pipeline_acked(const kl_pipeline *p);
@@ -49,16 +81,11 @@ int kl_pipeline_watch(kl_pipeline *p, int efd, _Atomic int *armed);
 /** Most watchers (workers plus the gRPC thread). */
 #define KL_PIPELINE_WATCH_MAX 256
 
-/**
- * Reserves `n` bytes of the memory cap for a request body being received or decoded;
- * 0, or -1 when the cap would be exceeded (answer 429). Release with the same n.
- */
-int kl_pipeline_reserve(kl_pipeline *p, size_t n);
-/** Gives back what kl_pipeline_reserve took. */
-void kl_pipeline_release(kl_pipeline *p, size_t n);
+/** Seconds a client should wait before retrying after an ingest error (Retry-After). */
+uint32_t kl_pipeline_retry_after(int ingest_error);
 
-/** Seconds a client should wait before retrying after FULL/BUSY/IO (Retry-After). */
-uint32_t kl_pipeline_retry_after(const kl_pipeline *p);
+/** Counts a request refused before ingest (reason: "too_large", "bad_encoding", "timeout"...). */
+void kl_pipeline_count_refused(kl_pipeline *p, kl_signal sig, const char *reason);
 
 /**
  * Inflates a gzip body into out (at most cap bytes): its length, or -EBADMSG (not gzip,

@@ -1,6 +1,7 @@
 """harness.py - starts build/keel on an ephemeral loopback port and talks raw HTTP/1.1 to it."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 KEEL = os.environ.get("KEEL_BIN", os.path.join(ROOT, "build", "keel"))
 
 
+def pipeline_env(data_dir):
+    """KEEL_* settings that keep a test's pipeline to itself: ephemeral ports, its own data."""
+    return {"KEEL_OTLP_HTTP_LISTEN": "127.0.0.1:0", "KEEL_OTLP_GRPC_LISTEN": "127.0.0.1:0",
+            "KEEL_DATA_DIR": data_dir}
+
+
 class Keel:
     """A running keel process. Use as a context manager; stdout lines are collected."""
 
@@ -22,6 +29,10 @@ class Keel:
         for k in list(self.env):
             if k.startswith("KEEL_") and k not in ("KEEL_BIN", "KEEL_HELLO", "KEEL_LIB"):
                 del self.env[k]
+        # The pipeline's listeners and data directory: private to this instance, so tests
+        # running side by side never share a port (SO_REUSEPORT would allow it) or a buffer.
+        self.data_dir = tempfile.mkdtemp(prefix="keel-data-")
+        self.env.update(pipeline_env(self.data_dir))
         self.env.update(env or {})
         self.binary = binary or KEEL
         self.config_file = None
@@ -31,6 +42,7 @@ class Keel:
                 f.write(config)
         self.lines = []
         self.port = None
+        self.otlp_port = None
         self._listening = threading.Event()
 
     def start(self):
@@ -60,6 +72,8 @@ class Keel:
             except ValueError:
                 continue
             if obj.get("msg") == "listening":
+                if obj.get("otlp_http"):
+                    self.otlp_port = int(obj["otlp_http"].rsplit(":", 1)[1])
                 self.port = int(obj["address"].rsplit(":", 1)[1])
                 self._listening.set()
 
@@ -99,6 +113,7 @@ class Keel:
         self._reader.join(5)
         if self.config_file:
             os.unlink(self.config_file)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
         return False
 
     def connect(self, timeout=5):

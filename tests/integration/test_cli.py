@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import time
 
-from harness import KEEL, Keel, Reader, Suite, get, post, request
+from harness import KEEL, Keel, Reader, Suite, get, pipeline_env, post, request
 
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -64,6 +64,7 @@ TMP = tempfile.mkdtemp(prefix="keel-cli-")
 
 def clean_env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    env.update(pipeline_env(os.path.join(TMP, "data")))
     env.update(extra)
     return env
 

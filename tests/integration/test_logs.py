@@ -4,9 +4,10 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
-from harness import KEEL, Reader, Suite, get
+from harness import KEEL, Reader, Suite, get, pipeline_env
 
 
 def start_with_pipe(extra_env=None):
@@ -17,6 +18,7 @@ def start_with_pipe(extra_env=None):
     s.close()
     rfd, wfd = os.pipe()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    env.update(pipeline_env(tempfile.mkdtemp(prefix="keel-data-")))
     env.update(extra_env or {})
     proc = subprocess.Popen([KEEL, "serve", "--listen", "127.0.0.1:%d" % port, "--workers", "1"],
                             stdout=wfd, stderr=subprocess.DEVNULL, env=env)
