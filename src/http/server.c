@@ -16,6 +16,7 @@
 
 #include "http/otlp_http.h"
 #include "http/server_internal.h"
+#include "pipeline/grpc.h"
 #include "pipeline/pipeline.h"
 
 #define KL_LISTEN_BACKLOG 4096
@@ -522,6 +523,12 @@ int keel_server_run(keel_server *srv) {
       rc = -EINVAL;
       goto out;
     }
+    if (cfg->otlp_grpc_listen[0] &&
+        !(srv->grpc = kl_grpc_start(cfg, srv, srv->pipeline, perr, sizeof(perr)))) {
+      keel_log(srv, KEEL_LOG_ERROR, "cannot start the OTLP/gRPC receiver", "error", perr, NULL);
+      rc = -EINVAL;
+      goto out;
+    }
   }
   if (cfg->metrics_enabled && (rc = kl_stats_setup(srv, srv->nworkers)) != 0) {
     keel_log(srv, KEEL_LOG_ERROR, "cannot set up metrics", "error", strerror(-rc), NULL);
@@ -623,6 +630,8 @@ int keel_server_run(keel_server *srv) {
   for (unsigned i = 0; i < srv->nworkers; i++) pthread_join(srv->workers[i].thread, NULL);
   keel_log(srv, rc ? KEEL_LOG_WARN : KEEL_LOG_INFO, "stopped", NULL);
 out:
+  if (srv->grpc) kl_grpc_stop(srv->grpc, cfg->drain_timeout_ms);
+  srv->grpc = NULL;
   kl_pipeline_stop(srv->pipeline); /* delivers for up to shutdown.flush_timeout */
   srv->pipeline = NULL;
   for (unsigned i = 0; i < started; i++) worker_cleanup(&srv->workers[i]);
