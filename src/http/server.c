@@ -618,6 +618,7 @@ int keel_server_run(keel_server *srv) {
     if (phase == PH_DELAY && now >= deadline) {
       keel_log(srv, KEEL_LOG_INFO, "closing listeners; finishing in-flight requests", NULL);
       for (unsigned i = 0; i < srv->nworkers; i++) worker_command(&srv->workers[i], KL_CMD_DRAIN);
+      if (srv->grpc) kl_grpc_drain(srv->grpc);
       phase = PH_DRAIN;
       deadline = now + cfg->drain_timeout_ms;
     } else if (phase == PH_DRAIN && now >= deadline) {

@@ -33,6 +33,12 @@ kl_grpc *kl_grpc_start(const struct keel_config *cfg, struct keel_server *srv, k
 int kl_grpc_port(const kl_grpc *g);
 
 /**
+ * Begins the drain (any thread, returns at once): stop accepting, send GOAWAY so clients open
+ * no new streams; calls in progress still get their answers.
+ */
+void kl_grpc_drain(kl_grpc *g);
+
+/**
  * Stops accepting, answers calls whose records become acknowledged within deadline_ms
  * (others get UNAVAILABLE), closes connections with GOAWAY, joins the thread, frees.
  */
