@@ -171,15 +171,15 @@ static int parse_int(const char *t, size_t n, int *neg, uint64_t *mag) {
       if (v > (UINT64_MAX - d) / 10) return -2;
       v = v * 10 + d;
     }
-    *neg = minus;
+    *neg = minus && v; /* "-0" is 0 */
     *mag = v;
     return 0;
   }
   double d;
   if (parse_double(t, n, &d) || d != floor(d)) return -1;
   if (fabs(d) >= 18446744073709551616.0) return -2;
-  *neg = d < 0;
   *mag = (uint64_t)fabs(d);
+  *neg = d < 0 && *mag;
   return 0;
 }
 
