@@ -14,11 +14,21 @@
  * protobuf from_json writes is canonical: from_json(to_json(x)) == x for every x that
  * from_json wrote. from_json drops proto3 defaults (0, "", false, empty) except for oneof
  * members and `optional` fields, which have presence; to_json keeps whatever is on the wire.
+ *
+ * Beyond otlp.h: from_json also returns -EINVAL for an invalid signal and -ENOMEM when the
+ * node array of a large document cannot be allocated; it refuses duplicate keys (a field
+ * named twice, in either spelling) and two members of one oneof. to_json refuses (-EBADMSG)
+ * a singular message field that occurs more than once on the wire, which protobuf would
+ * merge: no OTLP client writes that, and merging would need a segment list per message.
  */
 
 /* ===================================================================== from JSON */
 
-/* Nodes on the stack for small requests; larger ones get one bounded heap block per call. */
+/*
+ * Nodes on the stack for small requests; larger ones get one heap block per call, at most
+ * 8 bytes per input byte (KEEL_JSON_NODES_FOR), because the API takes no scratch buffer and
+ * the request body is already bounded by the HTTP layer.
+ */
 #define STACK_NODES 256
 /* Each message level is at most an object inside an array: two JSON levels. */
 #define JSON_DEPTH (2 * KL_OTLP_DEPTH_MAX + 1)
