@@ -118,7 +118,14 @@ void kl_wal_get_stats(kl_wal *w, kl_wal_stats *st);
 /** Syncs, persists the commit, stops the syncer and closes the files. */
 void kl_wal_close(kl_wal *w);
 
-/** CRC32C (Castagnoli), as framed above; `crc` 0 to start. */
+/**
+ * CRC32C (Castagnoli), as framed above; `crc` 0 to start, or a previous result to continue
+ * (kl_crc32c(kl_crc32c(0, a), b) is the CRC of a then b). Uses the SSE4.2 instruction when the
+ * CPU has it, else kl_crc32c_portable().
+ */
 uint32_t kl_crc32c(uint32_t crc, const void *data, size_t len);
+
+/** The table-driven (slicing-by-8) CRC32C behind kl_crc32c(): same results, any CPU. */
+uint32_t kl_crc32c_portable(uint32_t crc, const void *data, size_t len);
 
 #endif
