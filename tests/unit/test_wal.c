@@ -629,11 +629,13 @@ static void test_corrupt_middle(void **state) {
   for (uint32_t i = 0; i < N; i++)
     assert_int_equal(append1(w, i, L, &end), 0);
   kl_wal_close(w);
-  /* Records 0..7 are in the first segment (8 * 120 = 960): damage record 3's payload, and in
-   * the newest segment record 26's length field. */
+  /* Records 0..7 are in the first segment (8 * 120 = 960): damage the payloads of record 3
+   * and of record 7 (its region ends with the segment), and in the newest segment record 26's
+   * length field. */
   char seg0[256];
   snprintf(seg0, sizeof(seg0), "%s/%020d.log", f->dir, 0);
   flip_byte(seg0, 3 * (HDR + L) + HDR + 50);
+  flip_byte(seg0, 7 * (HDR + L) + HDR + 99);
   char segn[256];
   last_segment(f->dir, segn, sizeof(segn));
   uint64_t nbase = 24 * (HDR + L); /* records 24.. are in the last segment */
@@ -648,21 +650,21 @@ static void test_corrupt_middle(void **state) {
   static kl_wal_rec r[N];
   static uint8_t copy[N * L];
   size_t n = read_all(w, r, N, copy, sizeof(copy));
-  assert_int_equal(n, N - 2);
+  assert_int_equal(n, N - 3);
   uint32_t want = 0;
   for (size_t k = 0; k < n; k++, want++) {
-    if (want == 3 || want == 26) want++;
+    if (want == 3 || want == 7 || want == 26) want++;
     check_rec(&r[k], want, L);
     assert_int_equal(r[k].pos, (uint64_t)want * (HDR + L));
   }
   kl_wal_get_stats(w, &st);
-  assert_int_equal(st.corrupt_records, 2);
-  assert_int_equal(st.corrupt_bytes, 2 * (HDR + L));
+  assert_int_equal(st.corrupt_records, 3);
+  assert_int_equal(st.corrupt_bytes, 3 * (HDR + L));
   /* Reading the same region again (rewind) does not count it twice. */
   kl_wal_rewind(w);
-  assert_int_equal(read_all(w, r, N, copy, sizeof(copy)), N - 2);
+  assert_int_equal(read_all(w, r, N, copy, sizeof(copy)), N - 3);
   kl_wal_get_stats(w, &st);
-  assert_int_equal(st.corrupt_records, 2);
+  assert_int_equal(st.corrupt_records, 3);
   kl_wal_close(w);
 }
 
