@@ -34,6 +34,9 @@
  * served by rd_kafka_poll() on this thread; librdkafka writes to the wake eventfd when its
  * queue becomes non-empty, so one poll() sleeps on both. Files write each QUEUED record's
  * line and fdatasync the batch at the end of the loop iteration, then mark it DONE.
+ *
+ * Threads: every static function below runs on the sink thread (kafka_open also in
+ * kl_sink_start, before the thread exists); the API functions say where they run in sink.h.
  */
 
 #define KL_SINK_WIN_MIN 64u          /* window slots, at least */
@@ -769,6 +772,7 @@ static void sink_rebuild(kl_sink *s, uint64_t now) {
   window_clear(s);
   s->src.rewind(s->src.arg);
   s->st.rebuilds++;
+  s->fatal = 0;
   s->reset = 0;
   s->blocked = 0;
   s->rebuild_at = now;

@@ -46,8 +46,12 @@ typedef struct kl_sink kl_sink;
 
 /** Where records come from (the disk buffer, or a test's fake). Called on the sink thread. */
 typedef struct kl_sink_src {
+  /** As kl_wal_read: up to max records, about `bytes` payload bytes (at least one record);
+   * data valid until the next read. 0 when nothing more is durable. */
   size_t (*read)(void *arg, kl_wal_rec *out, size_t max, size_t bytes);
+  /** As kl_wal_commit: everything before pos is delivered, nrec records since the last call. */
   void (*commit)(void *arg, uint64_t pos, uint64_t nrec);
+  /** As kl_wal_rewind: the next read starts at the committed position again. */
   void (*rewind)(void *arg);
   void *arg;
 } kl_sink_src;
