@@ -44,8 +44,7 @@ def records(k, signal_name, want=None, timeout=10, data_dir=None):
 
 def metric(k, name, **labels):
     r, _ = request(k, get("/metrics"))
-    want = name + ("{%s}" % ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
-                   if labels else "")
+    want = name + ("{%s}" % ",".join('%s="%s"' % kv for kv in labels.items()) if labels else "")
     for line in r.body.decode().splitlines():
         if line.startswith(want + " "):
             return float(line.split()[-1])
@@ -151,7 +150,11 @@ def test_malformed_corpus_and_memory():
     nested = g.any_str("leaf")
     for _ in range(200):  # AnyValue arrays 200 deep
         nested = g.f_len(5, g.f_len(1, nested))
-    deep = g.f_len(1, g.f_len(2, g.f_len(1, g.scope()) + g.f_len(2, g.f_len(5, nested))))
+    # too deep in a resource attribute: the whole request is refused
+    deep = g.f_len(1, g.f_len(1, g.f_len(1, g.f_len(1, "k") + g.f_len(2, nested))))
+    # too deep inside one log record: that record alone is rejected (partial success)
+    deep_rec = g.f_len(1, g.f_len(2, g.f_len(1, g.scope()) + g.f_len(2, g.f_len(5, nested))
+                                  + g.f_len(2, g.log_record(7))))
     corpus = [
         b"\x0a",                                   # truncated length
         b"\x0a\xff\xff\xff\xff\x0f",               # a 4 GiB length in 6 bytes
@@ -167,6 +170,9 @@ def test_malformed_corpus_and_memory():
             for path in ("/v1/logs", "/v1/traces", "/v1/metrics"):
                 st, _, resp = post(k, path, body)
                 assert st == 400, (path, body[:16], st, resp)
+        st, _, resp = post(k, "/v1/logs", deep_rec)
+        assert st == 200 and b"nested too deep" in resp, (st, resp)
+        assert [g.seq_of_json_record(o) for o in records(k, "logs", 1)] == [7]
         # gzip bombs and large bodies, many times over: memory stays bounded
         bomb = gzip.compress(b"\x0a" * (64 << 20))
         for _ in range(20):
