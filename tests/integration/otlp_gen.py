@@ -164,3 +164,72 @@ def _seq_attr(attrs):
         if a.get("key") == "seq":
             return int(a["value"]["intValue"])
     return None
+
+
+def fields(data):
+    """Decodes one protobuf message into [(number, value)]: ints for varint/fixed, bytes for LEN."""
+    out, i = [], 0
+    while i < len(data):
+        k, i = _uvarint(data, i)
+        num, wt = k >> 3, k & 7
+        if wt == 0:
+            v, i = _uvarint(data, i)
+        elif wt == 1:
+            v, i = struct.unpack_from("<Q", data, i)[0], i + 8
+        elif wt == 5:
+            v, i = struct.unpack_from("<I", data, i)[0], i + 4
+        elif wt == 2:
+            n, i = _uvarint(data, i)
+            v, i = data[i:i + n], i + n
+            if len(v) != n:
+                raise ValueError("truncated")
+        else:
+            raise ValueError("wire type %d" % wt)
+        out.append((num, v))
+    return out
+
+
+def _uvarint(data, i):
+    v = shift = 0
+    while True:
+        b = data[i]
+        i += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, i
+
+
+def first(msg, *path):
+    """The first LEN field along a path of field numbers (e.g. resource_logs, scope_logs, ...)."""
+    for num in path:
+        msg = next(v for n, v in fields(msg) if n == num)
+    return msg
+
+
+def records_in(signal_name, data):
+    """The records (log records, spans, data points) of an Export*ServiceRequest, as bytes."""
+    out = []
+    for _, r in [f for f in fields(data) if f[0] == 1]:
+        for _, s in [f for f in fields(r) if f[0] == 2]:
+            for n, rec in fields(s):
+                if n != 2:
+                    continue
+                if signal_name != "metrics":
+                    out.append(rec)
+                    continue
+                for dn, d in fields(rec):  # Metric: gauge=5, sum=7, histogram=9, exp=10, summary=11
+                    if dn in (5, 7, 9, 10, 11):
+                        out += [p for pn, p in fields(d) if pn == 1]
+    return out
+
+
+def seq_of(signal_name, rec):
+    """The int `seq` attribute of a record (attributes: log 6, span 9, data point 7)."""
+    attr = {"logs": 6, "traces": 9, "metrics": 7}[signal_name]
+    for n, kvb in fields(rec):
+        if n == attr:
+            kvf = dict(fields(kvb))
+            if kvf.get(1) == b"seq":
+                return dict(fields(kvf[2]))[3]
+    return None
