@@ -43,12 +43,14 @@
 #define ACCEPTS_PER_WAKEUP 64 /* so a connection storm cannot starve the established ones */
 #define READS_PER_WAKEUP 16   /* per connection and wakeup: 16 x 16 KiB */
 #define READ_CHUNK 16384
-#define WINDOW_STREAM (1u << 20)   /* per stream: a 1 MiB message needs no WINDOW_UPDATE round trip */
-#define WINDOW_CONN (16u << 20)    /* per connection */
-#define HEADER_LIST_MAX 16384      /* bytes of a call's header block (as HPACK counts them) */
-#define MEM_FLOOR ((size_t)64 << 20) /* buffered calls, all connections (at least one max_request) */
-#define GOAWAY_GRACE_MS 1000       /* drain: between the shutdown notice and the final GOAWAY */
-#define RESP_MAX 512               /* an Export*ServiceResponse with partial_success, prefixed */
+/* Flow-control windows: per stream, a 1 MiB message needs no WINDOW_UPDATE round trip. */
+#define WINDOW_STREAM (1u << 20)
+#define WINDOW_CONN (16u << 20)
+#define HEADER_LIST_MAX 16384 /* bytes of a call's header block (as HPACK counts them) */
+/* Buffered calls, all connections together (raised to hold at least one max_request). */
+#define MEM_FLOOR ((size_t)64 << 20)
+#define GOAWAY_GRACE_MS 1000 /* drain: between the shutdown notice and the final GOAWAY */
+#define RESP_MAX 512         /* an Export*ServiceResponse with partial_success, prefixed */
 
 /* gRPC status codes used here. */
 enum {
@@ -77,16 +79,17 @@ typedef struct gstream {
   gconn *c;
   int32_t id;
   uint8_t state;
-  int8_t sig;      /* -1: not one of the Export methods */
-  uint8_t post;    /* :method POST */
-  uint8_t ct_ok;   /* content-type application/grpc[+proto] */
-  uint8_t enc;     /* grpc-encoding */
-  uint8_t hdr_got; /* bytes of the 5-byte message prefix received */
+  int8_t sig;        /* -1: not one of the Export methods */
+  uint8_t post;      /* :method POST */
+  uint8_t ct_ok;     /* content-type application/grpc[+proto] */
+  uint8_t enc;       /* grpc-encoding */
+  uint8_t rst_after; /* answered early: reset the stream once the answer is sent */
+  uint8_t hdr_got;   /* bytes of the 5-byte message prefix received */
   uint8_t hdr[5];
-  uint32_t mlen;   /* the message's length from the prefix */
-  size_t hbytes;   /* header block bytes so far */
-  kl_buf msg;      /* the message, capped at mlen */
-  size_t charged;  /* bytes of mem_used this stream holds besides its struct */
+  uint32_t mlen;  /* the message's length from the prefix */
+  size_t hbytes;  /* header block bytes so far */
+  kl_buf msg;     /* the message, capped at mlen */
+  size_t charged; /* bytes of mem_used this stream holds besides its struct */
   size_t resp_len, resp_off;
   uint8_t resp[RESP_MAX];
 } gstream;
@@ -120,7 +123,7 @@ struct kl_grpc {
   int started, port;
   kl_loop loop;
   kl_io lis, efd, ctl;
-  _Atomic int armed;    /* the pipeline writes efd only while set */
+  _Atomic int armed;     /* the pipeline writes efd only while set */
   _Atomic int drain_req; /* set by kl_grpc_drain / kl_grpc_stop, then ctl is written */
   _Atomic int stop_req;
   _Atomic uint32_t stop_ms;
@@ -145,7 +148,7 @@ static const char *const paths[KL_SIG_COUNT] = {
     "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
 };
 
-#define OWNER(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+#define OWNER(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 static void conn_close(gconn *c);
 
@@ -161,8 +164,10 @@ static void stream_free(gstream *s) {
   gconn *c = s->c;
   kl_grpc *g = c->g;
   if (s->state <= ST_RECV) c->nrecv--;
-  if (s->prev) s->prev->next = s->next;
-  else c->streams = s->next;
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    c->streams = s->next;
   if (s->next) s->next->prev = s->prev;
   c->nstreams--;
   kl_buf_free(&s->msg);
@@ -209,15 +214,17 @@ static size_t pct_encode(const char *in, char *out, size_t cap) {
   return n;
 }
 
-#define NV(name, value)                                                                     \
-  {                                                                                         \
-    (uint8_t *)(uintptr_t)(name), (uint8_t *)(uintptr_t)(value), sizeof(name) - 1,          \
-        strlen(value), NGHTTP2_NV_FLAG_NONE                                                  \
+#define NV(name, value)                                                                            \
+  {                                                                                                \
+    (uint8_t *)(uintptr_t)(name), (uint8_t *)(uintptr_t)(value), sizeof(name) - 1, strlen(value),  \
+        NGHTTP2_NV_FLAG_NONE                                                                       \
   }
 
 /*
  * A trailers-only answer (one HEADERS frame with END_STREAM). If the client is still sending,
- * RST_STREAM(NO_ERROR) tells it to stop: the answer is complete (RFC 9113 8.1).
+ * RST_STREAM(NO_ERROR) tells it to stop, the answer being complete (RFC 9113 8.1); it goes
+ * once the HEADERS frame is out (cb_frame_send): a gRPC client that sees the reset first
+ * reports the call as failed with INTERNAL instead of reading the status.
  */
 static void respond_status(gconn *c, int32_t sid, gstream *s, const char *http, int code,
                            const char *msg) {
@@ -227,12 +234,12 @@ static void respond_status(gconn *c, int32_t sid, gstream *s, const char *http, 
   nghttp2_nv nva[] = {NV(":status", http), NV("content-type", "application/grpc"),
                       NV("grpc-accept-encoding", "identity,gzip"), NV("grpc-status", st),
                       NV("grpc-message", enc)};
-  if (s) stream_set_state(s, ST_DONE);
-  if (nghttp2_submit_response(c->h2, sid, nva, sizeof nva / sizeof nva[0], NULL) != 0) {
-    nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, sid, NGHTTP2_INTERNAL_ERROR);
-  } else if (!nghttp2_session_get_stream_remote_close(c->h2, sid)) {
-    nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, sid, NGHTTP2_NO_ERROR);
+  if (s) {
+    stream_set_state(s, ST_DONE);
+    s->rst_after = 1;
   }
+  if (nghttp2_submit_response(c->h2, sid, nva, sizeof nva / sizeof nva[0], NULL) != 0)
+    nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, sid, NGHTTP2_INTERNAL_ERROR);
   mark_dirty(c);
 }
 
@@ -308,8 +315,10 @@ static void respond_ingest_error(gstream *s, int rc, const kl_otlp_result *res) 
 /* ---- the queue of calls waiting for their acknowledgement ---------------------------- */
 
 static void ack_timer_arm(kl_grpc *g) {
-  if (g->qn) kl_timer_set(&g->loop.timers, &g->ack_timer, g->q[g->qhead].deadline);
-  else kl_timer_cancel(&g->loop.timers, &g->ack_timer);
+  if (g->qn)
+    kl_timer_set(&g->loop.timers, &g->ack_timer, g->q[g->qhead].deadline);
+  else
+    kl_timer_cancel(&g->loop.timers, &g->ack_timer);
 }
 
 /* Answers the queue's head while acknowledged (or timed out, or `fail`: shutting down). */
@@ -447,8 +456,7 @@ static void process_call(gstream *s) {
 
 /* ---- nghttp2 callbacks (inside nghttp2_session_mem_recv / _send) ----------------------- */
 
-static ssize_t cb_send(nghttp2_session *h2, const uint8_t *data, size_t len, int flags,
-                       void *ud) {
+static ssize_t cb_send(nghttp2_session *h2, const uint8_t *data, size_t len, int flags, void *ud) {
   (void)h2;
   (void)flags;
   gconn *c = ud;
@@ -505,8 +513,8 @@ static int grpc_media(const uint8_t *v, size_t len) {
   return rest == 0 || *r == ';';
 }
 
-static int cb_header(nghttp2_session *h2, const nghttp2_frame *f, const uint8_t *name,
-                     size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud) {
+static int cb_header(nghttp2_session *h2, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
+                     const uint8_t *value, size_t vlen, uint8_t flags, void *ud) {
   (void)flags;
   (void)ud;
   if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
@@ -609,6 +617,15 @@ static int cb_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t sid, const 
   return 0;
 }
 
+static int cb_frame_send(nghttp2_session *h2, const nghttp2_frame *f, void *ud) {
+  (void)ud;
+  if (f->hd.type != NGHTTP2_HEADERS || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
+  gstream *s = nghttp2_session_get_stream_user_data(h2, f->hd.stream_id);
+  if (s && s->rst_after && !nghttp2_session_get_stream_remote_close(h2, f->hd.stream_id))
+    nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
+  return 0;
+}
+
 static int cb_stream_close(nghttp2_session *h2, int32_t sid, uint32_t err, void *ud) {
   (void)err;
   gconn *c = ud;
@@ -633,8 +650,10 @@ static void conn_timer_arm(gconn *c) {
   } else if (!c->nstreams && g->cfg.idle_timeout_ms) {
     d = c->last_active + g->cfg.idle_timeout_ms;
   }
-  if (d) kl_timer_set(&g->loop.timers, &c->timer, d);
-  else kl_timer_cancel(&g->loop.timers, &c->timer);
+  if (d)
+    kl_timer_set(&g->loop.timers, &c->timer, d);
+  else
+    kl_timer_cancel(&g->loop.timers, &c->timer);
 }
 
 /* Sends what nghttp2 has queued; closes the connection when it is done or broken. */
@@ -707,7 +726,8 @@ static void conn_close(gconn *c) {
   c->closing = 1;
   nghttp2_session_del(c->h2);
   c->h2 = NULL;
-  while (c->streams) stream_free(c->streams);
+  while (c->streams)
+    stream_free(c->streams);
   c->used = 0;
   c->dirty = 0;
   c->gen++;
@@ -781,7 +801,9 @@ static void final_goaway(kl_grpc *g) {
   }
 }
 
-static void on_drain_timer(kl_timer *t) { final_goaway(OWNER(t, kl_grpc, drain_timer)); }
+static void on_drain_timer(kl_timer *t) {
+  final_goaway(OWNER(t, kl_grpc, drain_timer));
+}
 
 static void start_drain(kl_grpc *g) {
   g->draining = 1;
@@ -887,8 +909,10 @@ static int bind_listen(const char *text, int *port, char *addr, size_t addrlen, 
   if (hl >= sizeof host) hl = sizeof host - 1;
   memcpy(host, t, hl);
   host[hl] = '\0';
-  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                           .ai_flags = AI_PASSIVE}, *res = NULL;
+  struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                           .ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_PASSIVE},
+                  *res = NULL;
   int rc = getaddrinfo(hl ? host : NULL, colon + 1, &hints, &res);
   if (rc != 0 || !res) {
     snprintf(err, errlen, "otlp.grpc_listen: cannot resolve '%s': %s", text, gai_strerror(rc));
@@ -967,6 +991,7 @@ kl_grpc *kl_grpc_start(const keel_config *cfg, keel_server *srv, kl_pipeline *p,
   nghttp2_session_callbacks_set_on_frame_recv_callback(g->cbs, cb_frame_recv);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(g->cbs, cb_data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(g->cbs, cb_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(g->cbs, cb_frame_send);
   if (kl_io_start(&g->loop, &g->lis, EPOLLIN) != 0 || kl_io_start(&g->loop, &g->efd, EPOLLIN) ||
       kl_io_start(&g->loop, &g->ctl, EPOLLIN) != 0) {
     snprintf(err, errlen, "otlp_grpc: cannot watch its sockets");
@@ -989,7 +1014,9 @@ fail:
   return NULL;
 }
 
-int kl_grpc_port(const kl_grpc *g) { return g->port; }
+int kl_grpc_port(const kl_grpc *g) {
+  return g->port;
+}
 
 void kl_grpc_drain(kl_grpc *g) {
   if (!g) return;
