@@ -2,17 +2,22 @@
 """run.py - the benchmark runner: keel beside Go net/http, Rust hyper and nginx, written to docs/benchmarks.md.
 
 Usage: bench/run.py [--quick | --smoke] [--out DIR] [--servers keel,rust,go,nginx] [--from-json FILE]
+       bench/run.py --pipeline-peers-only [--pipeline-seconds S] [--pipeline-reps N] [--pipeline-signals logs,traces]
   (default)  the full run: closed-loop max throughput, constant rates until a server cannot hold
              the rate, idle/peak RSS, binary sizes; pinned (server CPU 0, generator CPU 1, one
              worker) and unpinned (default workers); every measurement 3 times, median reported.
   --quick    about a minute: fewer rates, shorter runs, one repetition.
   --smoke    a few seconds, keel only: checks that the harness works (CI runs it; no timings asserted).
   --from-json FILE   no measuring: render benchmarks.md and the plots again from a recorded run.
+  --pipeline-peers-only   only the Go and Rust OTLP pipeline peers (decode + split + re-encode,
+             pinned to CPU 1 with one thread, and unpinned with two): their numbers as JSON on
+             stdout (see pipeline_peers()); nothing is written.
 """
 import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -652,6 +657,83 @@ def plots(results, img_dir):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ---- pipeline peers: OTLP decode + split + re-encode into a null sink ----------------------------
+# Not part of the HTTP report above: the Go and Rust reference pipelines (bench/peers/go-pipeline,
+# bench/peers/rust-pipeline, built by bench/setup.sh) take one OTLP export request of 100 records,
+# decode it, split it into one request per record (same resource and scope), encode each and count
+# the bytes. keel's pipeline stage is to be measured on the same input and put beside them.
+
+PIPELINE_INPUTS = {"logs": "otlp-logs-100.pb", "traces": "otlp-traces-100.pb"}
+
+
+def pipeline_run(argv):
+    """Runs one pipeline peer to completion: its JSON line, plus its CPU time and the machine's other load."""
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    (t0, i0), w0 = cpu_times(), time.time()
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    (t1, i1), w1 = cpu_times(), time.time()
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the peer (and taskset) only: run one at a time
+    if p.returncode != 0 or not p.stdout.strip():
+        raise RuntimeError("%s failed (%s): %s" % (" ".join(argv), p.returncode, p.stderr[-500:]))
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    wall = max(1e-9, w1 - w0)
+    r["cpu_s"] = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+    busy_all = ((t1 - t0) - (i1 - i0)) / CLK_TCK  # CPU-seconds of all CPUs
+    r["other_load_pct"] = max(0.0, 100.0 * (busy_all - r["cpu_s"]) / wall)
+    r["argv"] = argv
+    return r
+
+
+def pipeline_peers(seconds=3.0, reps=1, signals=("logs",), peers=("go", "rust"), peers_dir=None):
+    """Measures the Go and Rust OTLP pipeline peers; returns their numbers (nothing is written).
+
+    Two modes per peer and signal: "pinned" (taskset -c 1, --threads 1: records/s of one core) and
+    "unpinned" (--threads 2, no taskset). Every measurement `reps` times, the peers taking turns
+    repetition by repetition; the median run by records_per_s is reported beside all runs:
+      {"input": {signal: {"file", "bytes", "records"}}, "seconds": S, "reps": N,
+       "peers": {peer: {signal: {mode: {"records_per_s", "records", "seconds", "bytes_out",
+                                         "max_rss_kb", "runs": [...]}}}}}
+    A run's cpu_s is the peer's CPU time; other_load_pct the CPU the rest of the machine used
+    meanwhile, in % of one core (the shared machine's noise: compare runs with little of it).
+    """
+    peers_dir = peers_dir or PEERS
+    pin_cpu = "1" if NCPU > 1 else "0"
+    modes = {"pinned": (["taskset", "-c", pin_cpu], 1), "unpinned": ([], 2)}
+    res = {"seconds": seconds, "reps": reps, "input": {}, "peers": {},
+           "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    for signal in signals:
+        path = os.path.join(peers_dir, PIPELINE_INPUTS[signal])
+        if not os.path.exists(path):
+            raise SystemExit("%s missing: run bench/setup.sh %s first" % (path, peers_dir))
+        res["input"][signal] = {"file": path, "bytes": os.path.getsize(path), "records": 100}
+    for name in peers:
+        binary = os.path.join(peers_dir, name + "-pipeline")
+        if not os.access(binary, os.X_OK):
+            raise SystemExit("%s missing: run bench/setup.sh %s first" % (binary, peers_dir))
+        res["peers"][name] = {sig: {mode: {"runs": []} for mode in modes} for sig in signals}
+    for signal in signals:
+        for mode, (prefix, threads) in modes.items():
+            for rep in range(reps):
+                for name in peers:
+                    argv = prefix + [os.path.join(peers_dir, name + "-pipeline"),
+                                     "--input", res["input"][signal]["file"], "--seconds", str(seconds),
+                                     "--threads", str(threads), "--signal", signal]
+                    r = pipeline_run(argv)
+                    log("pipeline %-5s %-6s %-8s rep %d: %9.0f records/s, %d KiB max RSS, other load %.0f%%"
+                        % (name, signal, mode, rep + 1, r["records_per_s"], r["max_rss_kb"],
+                           r["other_load_pct"]))
+                    res["peers"][name][signal][mode]["runs"].append(r)
+    for name in peers:
+        for signal in signals:
+            for mode in modes:
+                m = res["peers"][name][signal][mode]
+                mid = sorted(m["runs"], key=lambda r: r["records_per_s"])[len(m["runs"]) // 2]
+                for k in ("records_per_s", "records", "seconds", "bytes_out", "max_rss_kb"):
+                    m[k] = mid[k]
+    res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -660,7 +742,17 @@ def main():
     ap.add_argument("--out", default=None, help="folder for benchmarks.md and img/ (default docs/)")
     ap.add_argument("--from-json", default=None,
                     help="no measuring: render benchmarks.md and the plots again from a recorded run")
+    ap.add_argument("--pipeline-peers-only", action="store_true",
+                    help="only measure the Go and Rust OTLP pipeline peers; print their numbers as JSON")
+    ap.add_argument("--pipeline-seconds", type=float, default=3.0, help="seconds per pipeline run (3)")
+    ap.add_argument("--pipeline-reps", type=int, default=1, help="pipeline runs per measurement (1)")
+    ap.add_argument("--pipeline-signals", default="logs,traces", help="logs,traces (both)")
     a = ap.parse_args()
+    if a.pipeline_peers_only:
+        res = pipeline_peers(seconds=a.pipeline_seconds, reps=a.pipeline_reps,
+                             signals=a.pipeline_signals.split(","))
+        print(json.dumps(res, indent=1))
+        return
     if a.smoke:
         cfg = dict(reps=1, seconds=2, warmup=1, conns=16, rates=[10000], modes=["pinned"],
                    unpinned_rates=[], max_other=1000, smoke=True)

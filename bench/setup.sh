@@ -1,9 +1,11 @@
 #!/bin/sh
-# setup.sh - installs the benchmark's Debian packages if missing and builds the Go and Rust peers offline.
+# setup.sh - installs the benchmark's Debian packages if missing and builds the Go and Rust peers (echo servers, OTLP pipelines) offline.
 set -eu
 # Usage: bench/setup.sh [BUILD_DIR]        (default: <repo>/build/bench/peers)
 # Idempotent. Progress goes to stderr; stdout is only shell assignments of the peers' paths:
 #   GO_PEER=<dir>/go-echo  RUST_PEER=<dir>/rust-echo  NGINX_PEER=<repo>/bench/peers/nginx/run.sh  NGINX=/usr/sbin/nginx
+#   GO_PIPELINE=<dir>/go-pipeline  RUST_PIPELINE=<dir>/rust-pipeline
+#   PIPELINE_LOGS=<dir>/otlp-logs-100.pb  PIPELINE_TRACES=<dir>/otlp-traces-100.pb
 # so a runner can do: eval "$(bench/setup.sh)".
 # Nothing in ~ is used: Go and Cargo caches live under BUILD_DIR, /usr/bin/go, /usr/bin/cargo and
 # /usr/bin/rustc are called explicitly (never a rustup toolchain), crates come from Debian's
@@ -20,6 +22,9 @@ log() { echo "bench/setup: $*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------------
 PKGS="golang-go cargo rustc librust-hyper-dev librust-tokio-dev librust-serde-json-dev nginx gnuplot-nox"
+# the OTLP pipeline peers: protoc + protoc-gen-go + Go's protobuf runtime, prost, and
+# python3-protobuf for the input generator (bench/peers/otlp_gen.py)
+PKGS="$PKGS protobuf-compiler protoc-gen-go golang-google-protobuf-dev librust-prost-dev librust-prost-derive-dev python3-protobuf"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -96,9 +101,62 @@ rm -f "$R/crate/.cargo/config.toml.new"
 cp -f "$R/target/release/rust-echo" "$B/rust-echo.new"
 mv -f "$B/rust-echo.new" "$B/rust-echo"
 
+# --- OTLP pipeline peers (decode + split + re-encode; see bench/peers/README.md) ---------------
+# Input: one deterministic ExportLogsServiceRequest / ExportTraceServiceRequest of 100 records,
+# written by bench/peers/otlp_gen.py from bench/peers/otlp/otlp.proto (Debian's python3-protobuf).
+for sig in logs traces; do
+  /usr/bin/python3 "$peers/otlp_gen.py" --signal "$sig" --count 100 --out "$B/otlp-$sig-100.pb"
+done
+
+# Go: GOPATH mode (GO111MODULE=off), Debian's google.golang.org/protobuf from /usr/share/gocode;
+# the message types are generated here by protoc + protoc-gen-go, never committed.
+log "building go pipeline peer (protoc-gen-go $(/usr/bin/protoc-gen-go --version 2>&1 | sed 's/.* //'))"
+GP="$B/pipeline/go"
+GPS="$GP/gopath/src/keel.bench/pipeline"
+mkdir -p "$GPS/otlppb" "$GP/cache"
+rm -rf "$GP/gen" && mkdir -p "$GP/gen"
+/usr/bin/protoc -I "$peers/otlp" --plugin=protoc-gen-go=/usr/bin/protoc-gen-go \
+  --go_out="$GP/gen" otlp.proto
+sync_file "$GP/gen/keel.bench/pipeline/otlppb/otlp.pb.go" "$GPS/otlppb/otlp.pb.go"
+sync_file "$peers/go-pipeline/main.go" "$GPS/main.go"
+(
+  cd "$GPS"
+  env GO111MODULE=off GOFLAGS= GOPROXY=off GOSUMDB=off GOENV=off GOWORK=off \
+    GOCACHE="$GP/cache" GOPATH="$GP/gopath:/usr/share/gocode" \
+    CGO_ENABLED=0 \
+    /usr/bin/go build -trimpath -o "$B/go-pipeline.new" .
+)
+mv -f "$B/go-pipeline.new" "$B/go-pipeline"
+
+# Rust: prost + prost-derive from Debian's registry, hand-written message structs (no protoc),
+# mirrored and built exactly like the echo peer above.
+log "building rust pipeline peer (prost $(ls /usr/share/cargo/registry | sed -n 's/^prost-\([0-9].*\)/\1/p' | head -1))"
+RP="$B/pipeline/rust"
+mkdir -p "$RP/crate/src" "$RP/crate/.cargo" "$RP/cargo-home" "$RP/target"
+sync_file "$peers/rust-pipeline/Cargo.toml" "$RP/crate/Cargo.toml"
+for f in "$peers"/rust-pipeline/src/*.rs; do sync_file "$f" "$RP/crate/src/$(basename "$f")"; done
+for f in "$RP"/crate/src/*.rs; do [ -e "$peers/rust-pipeline/src/$(basename "$f")" ] || rm -f "$f"; done
+sync_file "$R/crate/.cargo/config.toml" "$RP/crate/.cargo/config.toml"
+(
+  cd "$RP/crate"
+  env -u RUSTUP_HOME -u RUSTUP_TOOLCHAIN -u RUSTC_WRAPPER -u RUSTC_WORKSPACE_WRAPPER \
+    -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET -u CARGO_BUILD_RUSTFLAGS \
+    -u CARGO_BUILD_RUSTC_WRAPPER -u CARGO_INCREMENTAL -u CARGO_PROFILE_RELEASE_DEBUG \
+    PATH="/usr/bin:/bin:/usr/sbin:/sbin" \
+    CARGO_HOME="$RP/cargo-home" CARGO_TARGET_DIR="$RP/target" \
+    RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
+    /usr/bin/cargo build --release --offline --quiet >&2
+)
+cp -f "$RP/target/release/rust-pipeline" "$B/rust-pipeline.new"
+mv -f "$B/rust-pipeline.new" "$B/rust-pipeline"
+
 NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 log "nginx: $("$NGINX" -v 2>&1 | sed 's/.*: //')"
 echo "GO_PEER=$B/go-echo"
 echo "RUST_PEER=$B/rust-echo"
 echo "NGINX_PEER=$peers/nginx/run.sh"
 echo "NGINX=$NGINX"
+echo "GO_PIPELINE=$B/go-pipeline"
+echo "RUST_PIPELINE=$B/rust-pipeline"
+echo "PIPELINE_LOGS=$B/otlp-logs-100.pb"
+echo "PIPELINE_TRACES=$B/otlp-traces-100.pb"

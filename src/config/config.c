@@ -349,7 +349,7 @@ static int parse_url(const char *s, size_t size, char *msg, size_t n) {
   return 0;
 }
 
-/* Printable ASCII or UTF-8 text without control characters, 1..size-1 bytes. */
+/* Printable ASCII or UTF-8 text without control characters, 0..size-1 bytes. */
 static int parse_text(const char *s, size_t size, char *msg, size_t n) {
   size_t len = strlen(s);
   if (len >= size) {
@@ -369,7 +369,12 @@ static int parse_string(const key *k, const char *s, char *msg, size_t n) {
   switch (k->kind) {
   case K_PATH: return parse_path(s, k->size, msg, n);
   case K_URL: return parse_url(s, k->size, msg, n);
-  case K_TEXT: return parse_text(s, k->size, msg, n);
+  case K_TEXT:
+    if (!s[0] && !(k->flags & KF_EMPTY)) { /* validate() sees hand-set fields here */
+      seterr(msg, n, "empty value");
+      return -EINVAL;
+    }
+    return parse_text(s, k->size, msg, n);
   default:
     if (!s[0] && (k->flags & KF_EMPTY)) return 0;
     return parse_listen(s, msg, n);
@@ -974,7 +979,7 @@ static int load_section(loader *L, const char *name, int first, const yaml_node_
   if (is_null(vn)) return 0;
   const key *k = &keys[first];
   return yerr(L, vn->start_mark.line, "%s: expected a mapping of keys, e.g. %s: {%s: %s}", name,
-              name, k->name + strlen(name) + 1, k->def ? k->def : "...");
+              name, k->name + strlen(name) + 1, !k->def ? "..." : k->def[0] ? k->def : "\"\"");
 }
 
 static int load_mapping(loader *L, const yaml_node_t *map, const char *prefix) {

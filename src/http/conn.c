@@ -620,7 +620,7 @@ static void conn_process(kl_conn *c) {
   kl_worker *w = c->w;
   const keel_config *cfg = &w->srv->cfg;
   uint64_t body_max = w->srv->listeners[c->listener].body_max;
-  while (!c->closing && !c->closed) {
+  while (!c->closing && !c->closed && c->state != KL_CONN_WAIT) {
     if (c->nsegs + 4 > KL_SEGS_MAX || c->out.len > KL_OUT_HIGH) {
       if (conn_flush(c) || c->closed) return; /* resumes from the EPOLLOUT handler */
     }

@@ -111,6 +111,10 @@ static void respond_ingest_error(keel_req *req, int json, int rc, const kl_otlp_
                    "the disk buffer is full (the sink is behind): retry later",
                    kl_pipeline_retry_after(rc));
     return;
+  case KL_INGEST_LARGE:
+    respond_status(req, json, 413, RPC_RESOURCE_EXHAUSTED,
+                   "the request needs more memory than buffer.memory allows", 0);
+    return;
   case KL_INGEST_DOWN:
     respond_status(req, json, 503, RPC_UNAVAILABLE, "shutting down", kl_pipeline_retry_after(rc));
     return;

@@ -227,8 +227,13 @@ int kl_pipeline_ingest(kl_pipeline *p, kl_signal sig, kl_format fmt, const uint8
                        size_t len, kl_ingest_scratch *s, kl_otlp_result *res, uint64_t *wait) {
   memset(res, 0, sizeof(*res));
   if (atomic_load(&p->down)) return KL_INGEST_DOWN;
-  /* What this request may hold at once: its transcoded form and its records. */
-  uint64_t charge = (uint64_t)len * (fmt == KL_FMT_JSON ? 3 : 2) + 4096;
+  /* What this request may hold at once: its records (and for JSON, the parser's node array,
+   * up to 8 bytes per input byte, and the transcoded protobuf). */
+  uint64_t charge = (uint64_t)len * (fmt == KL_FMT_JSON ? 11 : 2) + 4096;
+  if (charge > p->mem_cap) {
+    kl_pipeline_count_refused(p, sig, "too_large");
+    return KL_INGEST_LARGE;
+  }
   if (atomic_fetch_add(&p->mem_used, charge) + charge > p->mem_cap) {
     atomic_fetch_sub(&p->mem_used, charge);
     kl_pipeline_count_refused(p, sig, "memory");

@@ -57,6 +57,7 @@ enum {
   KL_INGEST_BUSY = -3, /**< memory cap for requests in flight: 429 / RESOURCE_EXHAUSTED */
   KL_INGEST_IO = -4,   /**< the buffer cannot be written: 503 / UNAVAILABLE */
   KL_INGEST_DOWN = -5, /**< shutting down: 503 / UNAVAILABLE */
+  KL_INGEST_LARGE = -6, /**< can never fit the memory cap: 413 / RESOURCE_EXHAUSTED */
 };
 
 /**

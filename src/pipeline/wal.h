@@ -1,4 +1,5 @@
-/* wal.h - the pipeline's durable buffer: a segmented append-only log on disk (CRC32C-framed records). */
+/* wal.h - the pipeline's durable buffer: a segmented append-only log on disk (CRC32C-framed
+ * records). */
 #ifndef KEEL_PIPELINE_WAL_H
 #define KEEL_PIPELINE_WAL_H
 
@@ -10,10 +11,11 @@
  * Records are opaque byte strings. Each is framed on disk as
  *   magic (u32 LE) | length (u32 LE) | crc32c (u32 LE) | time (u64 LE, ns) | payload
  * where the CRC covers length, time and payload, and time is when it was appended
- * (CLOCK_REALTIME), so the age of the oldest pending record is known even after a restart.
- * and appended to the newest segment file, DIR/<base position, 20 digits>.log. A position
- * is a byte offset in the one virtual stream of all segments, so a record's position is
- * its segment's base plus its offset in the file, and positions only grow.
+ * (CLOCK_REALTIME), so the age of the oldest pending record is known even after a restart,
+ * and the magic is 0x314C574B ("KWL1" on disk). Frames are appended to the newest segment
+ * file, DIR/<base position, 20 digits>.log. A position is a byte offset in the one virtual
+ * stream of all segments, so a record's position is its segment's base plus its offset in
+ * the file, and positions only grow (a segment ends where the next one begins).
  *
  * Writers (any thread) append under a mutex; a syncer thread fdatasync()s: at once when
  * fsync_ms is 0 (group commit: every append is durable before it is acknowledged), else
@@ -31,19 +33,35 @@
  * Open scans the newest segment to find its end: a torn record at the tail (a crash
  * mid-write) is cut off, but a bad record followed by valid ones is kept in place for the
  * reader to skip. It also counts the records between the committed position and the end
- * by walking frame headers (sequential reads, nothing kept), for records_pending.
+ * by walking frame headers (sequential reads, nothing kept), for records_pending: in closed
+ * segments only headers are checked, so a record with a damaged payload there still counts
+ * as pending until the reader skips it (the gauge never goes below zero). Only a cut tail is
+ * counted as corrupt at open; bad regions kept in place are counted when the reader skips them
+ * (once, even after kl_wal_rewind()).
+ *
+ * DIR/committed is 16 bytes: magic 0x3143574B ("KWC1", u32 LE) | position (u64 LE) | crc32c of
+ * the first 12 (u32 LE). A missing or damaged one, or one outside the log, means "from the
+ * oldest segment".
+ *
+ * Space: `bytes` (what max_bytes caps) is written minus the oldest segment's base, i.e. the
+ * segment files on disk. When everything is committed and the active segment alone would keep
+ * the log full, the next append starts a new segment so that the old one can be deleted.
+ *
+ * If an fdatasync() or the truncation after a failed write fails, the log stops: durable no
+ * longer advances and appends return -EIO (after a failed fsync the kernel may have dropped the
+ * dirty pages, so retrying could report lost data as durable).
  */
 
 typedef struct kl_wal kl_wal;
 
 /** Options (all required but the callback). */
 typedef struct kl_wal_opts {
-  const char *dir;         /**< created if missing */
-  uint64_t segment_bytes;  /**< a segment is closed when it reaches this size */
-  uint64_t max_bytes;      /**< cap on all segments together: appends beyond get -ENOSPC */
-  uint32_t fsync_ms;       /**< 0: sync before every acknowledgement (group commit); else period */
-  uint32_t commit_ms;      /**< persist the committed position at most this often */
-  uint32_t record_max;     /**< largest payload accepted (and believed when reading) */
+  const char *dir;        /**< created if missing */
+  uint64_t segment_bytes; /**< a segment is closed when it reaches this size */
+  uint64_t max_bytes;     /**< cap on all segments together: appends beyond get -ENOSPC */
+  uint32_t fsync_ms;      /**< 0: sync before every acknowledgement (group commit); else period */
+  uint32_t commit_ms;     /**< persist the committed position at most this often */
+  uint32_t record_max;    /**< largest payload accepted (and believed when reading) */
   /** Called on the syncer thread after the durable position advanced. */
   void (*on_durable)(void *arg, uint64_t durable);
   void *arg;
@@ -57,10 +75,10 @@ typedef struct kl_wal_stats {
   uint64_t bytes;           /**< gauge: bytes in segments on disk */
   uint64_t segments;        /**< gauge: segment files */
   uint64_t records_pending; /**< gauge: records appended and not yet committed */
-  uint64_t oldest_ns;       /**< gauge: append time of the record at the committed position, 0 if none */
+  uint64_t oldest_ns; /**< gauge: append time of the record at the committed position, 0 if none */
   uint64_t corrupt_records; /**< bad frames skipped by the reader or cut at open */
   uint64_t corrupt_bytes;
-  uint64_t syncs;           /**< fdatasync calls */
+  uint64_t syncs; /**< fdatasync calls */
 } kl_wal_stats;
 
 /**
@@ -118,7 +136,14 @@ void kl_wal_get_stats(kl_wal *w, kl_wal_stats *st);
 /** Syncs, persists the commit, stops the syncer and closes the files. */
 void kl_wal_close(kl_wal *w);
 
-/** CRC32C (Castagnoli), as framed above; `crc` 0 to start. */
+/**
+ * CRC32C (Castagnoli), as framed above; `crc` 0 to start, or a previous result to continue
+ * (kl_crc32c(kl_crc32c(0, a), b) is the CRC of a then b). Uses the SSE4.2 instruction when the
+ * CPU has it, else kl_crc32c_portable().
+ */
 uint32_t kl_crc32c(uint32_t crc, const void *data, size_t len);
+
+/** The table-driven (slicing-by-8) CRC32C behind kl_crc32c(): same results, any CPU. */
+uint32_t kl_crc32c_portable(uint32_t crc, const void *data, size_t len);
 
 #endif

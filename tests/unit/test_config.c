@@ -49,6 +49,31 @@ static void assert_cfg_equal(const keel_config *a, const keel_config *b) {
   assert_int_equal(a->trace_batch_delay_ms, b->trace_batch_delay_ms);
   assert_int_equal(a->trace_queue_bytes, b->trace_queue_bytes);
   assert_int_equal(a->trace_export_timeout_ms, b->trace_export_timeout_ms);
+  assert_int_equal(a->pipeline_enabled, b->pipeline_enabled);
+  assert_string_equal(a->otlp_http_listen, b->otlp_http_listen);
+  assert_string_equal(a->otlp_grpc_listen, b->otlp_grpc_listen);
+  assert_int_equal(a->otlp_max_request, b->otlp_max_request);
+  assert_int_equal(a->otlp_format, b->otlp_format);
+  assert_int_equal(a->otlp_batch, b->otlp_batch);
+  assert_string_equal(a->otlp_key_attribute, b->otlp_key_attribute);
+  assert_int_equal(a->otlp_ack_delivered, b->otlp_ack_delivered);
+  assert_int_equal(a->otlp_ack_timeout_ms, b->otlp_ack_timeout_ms);
+  assert_string_equal(a->data_dir, b->data_dir);
+  assert_int_equal(a->buffer_segment_bytes, b->buffer_segment_bytes);
+  assert_int_equal(a->buffer_max_bytes, b->buffer_max_bytes);
+  assert_int_equal(a->buffer_fsync_ms, b->buffer_fsync_ms);
+  assert_int_equal(a->buffer_memory_bytes, b->buffer_memory_bytes);
+  assert_string_equal(a->kafka_brokers, b->kafka_brokers);
+  assert_string_equal(a->kafka_topic_logs, b->kafka_topic_logs);
+  assert_string_equal(a->kafka_topic_traces, b->kafka_topic_traces);
+  assert_string_equal(a->kafka_topic_metrics, b->kafka_topic_metrics);
+  assert_int_equal(a->kafka_compression, b->kafka_compression);
+  assert_int_equal(a->kafka_linger_ms, b->kafka_linger_ms);
+  assert_int_equal(a->kafka_batch_messages, b->kafka_batch_messages);
+  assert_int_equal(a->kafka_message_max, b->kafka_message_max);
+  assert_int_equal(a->files_rotate_bytes, b->files_rotate_bytes);
+  assert_int_equal(a->files_keep, b->files_keep);
+  assert_int_equal(a->pipeline_flush_ms, b->pipeline_flush_ms);
 }
 
 typedef struct tmpfile_t {
@@ -126,6 +151,18 @@ static uint64_t get_u(const keel_config *cfg, const char *key) {
       {"tracing.batch_delay", offsetof(keel_config, trace_batch_delay_ms), 4},
       {"tracing.queue", offsetof(keel_config, trace_queue_bytes), 4},
       {"tracing.export_timeout", offsetof(keel_config, trace_export_timeout_ms), 4},
+      {"otlp.max_request", offsetof(keel_config, otlp_max_request), 8},
+      {"otlp.ack_timeout", offsetof(keel_config, otlp_ack_timeout_ms), 4},
+      {"buffer.segment", offsetof(keel_config, buffer_segment_bytes), 8},
+      {"buffer.max", offsetof(keel_config, buffer_max_bytes), 8},
+      {"buffer.fsync", offsetof(keel_config, buffer_fsync_ms), 4},
+      {"buffer.memory", offsetof(keel_config, buffer_memory_bytes), 8},
+      {"kafka.linger", offsetof(keel_config, kafka_linger_ms), 4},
+      {"kafka.batch_messages", offsetof(keel_config, kafka_batch_messages), 4},
+      {"kafka.message_max", offsetof(keel_config, kafka_message_max), 4},
+      {"files.rotate", offsetof(keel_config, files_rotate_bytes), 8},
+      {"files.keep", offsetof(keel_config, files_keep), 4},
+      {"shutdown.flush_timeout", offsetof(keel_config, pipeline_flush_ms), 4},
   };
   for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
     if (strcmp(f[i].key, key) != 0) continue;
@@ -146,7 +183,8 @@ static uint64_t get_u(const keel_config *cfg, const char *key) {
 /* One non-default value for every key, and how to check it. */
 typedef struct kcase {
   const char *key, *env, *text;
-  char type; /* 'u' unsigned, 's' listen string, 'l' level, 'd' double, 'b' switch, 'p' path */
+  char type; /* 'u' unsigned, 's'/'p' string (listen, path, URL, text), 'l' level,
+                'd' access sample, 'r' sample ratio, 'b' switch, 'c' choice (index in u) */
   uint64_t u;
   double d;
 } kcase;
@@ -180,26 +218,90 @@ static const kcase cases[] = {
     {"tracing.batch_delay", "KEEL_TRACING_BATCH_DELAY", "200ms", 'u', 200, 0},
     {"tracing.queue", "KEEL_TRACING_QUEUE", "64KiB", 'u', 64 * KIB, 0},
     {"tracing.export_timeout", "KEEL_TRACING_EXPORT_TIMEOUT", "2s", 'u', 2000, 0},
+    {"pipeline.enabled", "KEEL_PIPELINE_ENABLED", "off", 'b', 0, 0},
+    {"otlp.http_listen", "KEEL_OTLP_HTTP_LISTEN", "0.0.0.0:14318", 's', 0, 0},
+    {"otlp.grpc_listen", "KEEL_OTLP_GRPC_LISTEN", "[::]:14317", 's', 0, 0},
+    {"otlp.max_request", "KEEL_OTLP_MAX_REQUEST", "4MiB", 'u', 4 * MIB, 0},
+    {"otlp.format", "KEEL_OTLP_FORMAT", "json", 'c', 1, 0},
+    {"otlp.mode", "KEEL_OTLP_MODE", "batch", 'c', 1, 0},
+    {"otlp.key_attribute", "KEEL_OTLP_KEY_ATTRIBUTE", "k8s.pod.name", 'p', 0, 0},
+    {"otlp.ack", "KEEL_OTLP_ACK", "delivered", 'c', 1, 0},
+    {"otlp.ack_timeout", "KEEL_OTLP_ACK_TIMEOUT", "10s", 'u', 10000, 0},
+    {"data_dir", "KEEL_DATA_DIR", "/var/lib/keel", 'p', 0, 0},
+    {"buffer.segment", "KEEL_BUFFER_SEGMENT", "16MiB", 'u', 16 * MIB, 0},
+    {"buffer.max", "KEEL_BUFFER_MAX", "8GiB", 'u', 8 * GIB, 0},
+    {"buffer.fsync", "KEEL_BUFFER_FSYNC", "10ms", 'u', 10, 0},
+    {"buffer.memory", "KEEL_BUFFER_MEMORY", "128MiB", 'u', 128 * MIB, 0},
+    {"kafka.brokers", "KEEL_KAFKA_BROKERS", "kafka-0:9092,kafka-1:9092", 'p', 0, 0},
+    {"kafka.topics.logs", "KEEL_KAFKA_TOPICS_LOGS", "logs", 'p', 0, 0},
+    {"kafka.topics.traces", "KEEL_KAFKA_TOPICS_TRACES", "spans", 'p', 0, 0},
+    {"kafka.topics.metrics", "KEEL_KAFKA_TOPICS_METRICS", "metrics", 'p', 0, 0},
+    {"kafka.compression", "KEEL_KAFKA_COMPRESSION", "zstd", 'c', 4, 0},
+    {"kafka.linger", "KEEL_KAFKA_LINGER", "20ms", 'u', 20, 0},
+    {"kafka.batch_messages", "KEEL_KAFKA_BATCH_MESSAGES", "5000", 'u', 5000, 0},
+    {"kafka.message_max", "KEEL_KAFKA_MESSAGE_MAX", "2MiB", 'u', 2 * MIB, 0},
+    {"files.rotate", "KEEL_FILES_ROTATE", "1GiB", 'u', GIB, 0},
+    {"files.keep", "KEEL_FILES_KEEP", "3", 'u', 3, 0},
+    {"shutdown.flush_timeout", "KEEL_SHUTDOWN_FLUSH_TIMEOUT", "30s", 'u', 30000, 0},
 };
 
-/* The text and switch fields, by key. */
+/* The string (listen, path, URL, text), switch and choice fields, by key. */
 static const char *str_field(const keel_config *cfg, const char *key) {
-  if (strcmp(key, "metrics.path") == 0) return cfg->metrics_path;
-  if (strcmp(key, "tracing.endpoint") == 0) return cfg->trace_endpoint;
-  return cfg->service_name;
+  static const struct {
+    const char *key;
+    size_t off;
+  } f[] = {
+      {"listen", offsetof(keel_config, listen)},
+      {"metrics.path", offsetof(keel_config, metrics_path)},
+      {"tracing.endpoint", offsetof(keel_config, trace_endpoint)},
+      {"tracing.service_name", offsetof(keel_config, service_name)},
+      {"otlp.http_listen", offsetof(keel_config, otlp_http_listen)},
+      {"otlp.grpc_listen", offsetof(keel_config, otlp_grpc_listen)},
+      {"otlp.key_attribute", offsetof(keel_config, otlp_key_attribute)},
+      {"data_dir", offsetof(keel_config, data_dir)},
+      {"kafka.brokers", offsetof(keel_config, kafka_brokers)},
+      {"kafka.topics.logs", offsetof(keel_config, kafka_topic_logs)},
+      {"kafka.topics.traces", offsetof(keel_config, kafka_topic_traces)},
+      {"kafka.topics.metrics", offsetof(keel_config, kafka_topic_metrics)},
+  };
+  for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+    if (strcmp(f[i].key, key) == 0) return (const char *)cfg + f[i].off;
+  fail_msg("no string field for %s", key);
+  return "";
 }
 
 static unsigned switch_field(const keel_config *cfg, const char *key) {
   if (strcmp(key, "metrics.enabled") == 0) return cfg->metrics_enabled;
   if (strcmp(key, "tracing.gzip") == 0) return cfg->trace_gzip;
-  return cfg->trace_response_header;
+  if (strcmp(key, "tracing.response_header") == 0) return cfg->trace_response_header;
+  if (strcmp(key, "pipeline.enabled") == 0) return cfg->pipeline_enabled;
+  fail_msg("no switch field for %s", key);
+  return 0;
+}
+
+static uint8_t *choice_ptr(keel_config *cfg, const char *key) {
+  if (strcmp(key, "otlp.format") == 0) return &cfg->otlp_format;
+  if (strcmp(key, "otlp.mode") == 0) return &cfg->otlp_batch;
+  if (strcmp(key, "otlp.ack") == 0) return &cfg->otlp_ack_delivered;
+  if (strcmp(key, "kafka.compression") == 0) return &cfg->kafka_compression;
+  fail_msg("no choice field for %s", key);
+  return NULL;
+}
+
+static unsigned choice_field(const keel_config *cfg, const char *key) {
+  keel_config copy = *cfg;
+  return *choice_ptr(&copy, key);
 }
 #define NCASES (sizeof cases / sizeof cases[0])
 
 static void check_case(const keel_config *cfg, const kcase *c) {
   switch (c->type) {
   case 's':
-    assert_string_equal(cfg->listen, c->text);
+  case 'p':
+    assert_string_equal(str_field(cfg, c->key), c->text);
+    break;
+  case 'c':
+    assert_int_equal(choice_field(cfg, c->key), c->u);
     break;
   case 'l':
     assert_int_equal(cfg->log_level, (int)c->u);
@@ -209,9 +311,6 @@ static void check_case(const keel_config *cfg, const kcase *c) {
     break;
   case 'b':
     assert_int_equal(switch_field(cfg, c->key), c->u);
-    break;
-  case 'p':
-    assert_string_equal(str_field(cfg, c->key), c->text);
     break;
   case 'r':
     assert_true(cfg->trace_sample_ratio == c->d);
@@ -276,6 +375,31 @@ static void test_defaults(void **state) {
   assert_int_equal(c.trace_batch_delay_ms, 1000);
   assert_int_equal(c.trace_queue_bytes, 1 * MIB);
   assert_int_equal(c.trace_export_timeout_ms, 10000);
+  assert_int_equal(c.pipeline_enabled, 1);
+  assert_string_equal(c.otlp_http_listen, "127.0.0.1:4318");
+  assert_string_equal(c.otlp_grpc_listen, "127.0.0.1:4317");
+  assert_int_equal(c.otlp_max_request, 16 * MIB);
+  assert_int_equal(c.otlp_format, 0);
+  assert_int_equal(c.otlp_batch, 0);
+  assert_string_equal(c.otlp_key_attribute, "service.name");
+  assert_int_equal(c.otlp_ack_delivered, 0);
+  assert_int_equal(c.otlp_ack_timeout_ms, 30000);
+  assert_string_equal(c.data_dir, "./var/keel");
+  assert_int_equal(c.buffer_segment_bytes, 64 * MIB);
+  assert_int_equal(c.buffer_max_bytes, 1 * GIB);
+  assert_int_equal(c.buffer_fsync_ms, 0);
+  assert_int_equal(c.buffer_memory_bytes, 64 * MIB);
+  assert_string_equal(c.kafka_brokers, "");
+  assert_string_equal(c.kafka_topic_logs, "otlp_logs");
+  assert_string_equal(c.kafka_topic_traces, "otlp_spans");
+  assert_string_equal(c.kafka_topic_metrics, "otlp_metrics");
+  assert_int_equal(c.kafka_compression, 3);
+  assert_int_equal(c.kafka_linger_ms, 5);
+  assert_int_equal(c.kafka_batch_messages, 10000);
+  assert_int_equal(c.kafka_message_max, 1000000);
+  assert_int_equal(c.files_rotate_bytes, 64 * MIB);
+  assert_int_equal(c.files_keep, 10);
+  assert_int_equal(c.pipeline_flush_ms, 5000);
   /* the rest of the listen field is zeroed */
   for (size_t i = strlen(c.listen); i < sizeof c.listen; i++) assert_int_equal(c.listen[i], 0);
   char err[256] = "";
@@ -350,6 +474,7 @@ static const char every_key_yaml[] = "# every key, nested\n"
                                      "shutdown:\n"
                                      "  drain_delay: 5s\n"
                                      "  drain_timeout: 20s\n"
+                                     "  flush_timeout: 30s\n"
                                      "log:\n"
                                      "  level: debug\n"
                                      "  access_sample: 0.25\n"
@@ -366,7 +491,37 @@ static const char every_key_yaml[] = "# every key, nested\n"
                                      "  batch_spans: 100\n"
                                      "  batch_delay: 200ms\n"
                                      "  queue: 64KiB\n"
-                                     "  export_timeout: 2s\n";
+                                     "  export_timeout: 2s\n"
+                                     "pipeline:\n"
+                                     "  enabled: off\n"
+                                     "otlp:\n"
+                                     "  http_listen: 0.0.0.0:14318\n"
+                                     "  grpc_listen: '[::]:14317'\n"
+                                     "  max_request: 4MiB\n"
+                                     "  format: json\n"
+                                     "  mode: batch\n"
+                                     "  key_attribute: k8s.pod.name\n"
+                                     "  ack: delivered\n"
+                                     "  ack_timeout: 10s\n"
+                                     "data_dir: /var/lib/keel\n"
+                                     "buffer:\n"
+                                     "  segment: 16MiB\n"
+                                     "  max: 8GiB\n"
+                                     "  fsync: 10ms\n"
+                                     "  memory: 128MiB\n"
+                                     "kafka:\n"
+                                     "  brokers: kafka-0:9092,kafka-1:9092\n"
+                                     "  topics:\n"
+                                     "    logs: logs\n"
+                                     "    traces: spans\n"
+                                     "    metrics: metrics\n"
+                                     "  compression: zstd\n"
+                                     "  linger: 20ms\n"
+                                     "  batch_messages: 5000\n"
+                                     "  message_max: 2MiB\n"
+                                     "files:\n"
+                                     "  rotate: 1GiB\n"
+                                     "  keep: 3\n";
 
 static void test_yaml_every_key(void **state) {
   (void)state;
@@ -408,6 +563,20 @@ static void test_yaml_forms(void **state) {
   assert_int_equal(cfg.write_timeout_ms, 7000);
   assert_int_equal(cfg.body_max, 2 * MIB);
   assert_int_equal(cfg.workers, 3);
+
+  /* a dotted section name at the top level, and nested sections in flow style */
+  keel_config_init(&cfg);
+  assert_int_equal(load_yaml(&cfg,
+                             "kafka.topics: {traces: t}\n"
+                             "kafka: {compression: GZIP, topics.metrics: m}\n"
+                             "buffer.fsync: Always\n",
+                             err, sizeof err, NULL, 0),
+                   0);
+  assert_string_equal(cfg.kafka_topic_logs, "otlp_logs");
+  assert_string_equal(cfg.kafka_topic_traces, "t");
+  assert_string_equal(cfg.kafka_topic_metrics, "m");
+  assert_int_equal(cfg.kafka_compression, 1);
+  assert_int_equal(cfg.buffer_fsync_ms, 0);
 
   /* a file applies on top of what is there */
   keel_config_init(&cfg);
@@ -529,10 +698,22 @@ static void test_yaml_errors(void **state) {
       {"limits: &l {header_count: 5}\ntimeouts: *l\n", "1: unknown key 'timeouts.header_count'"},
       {"limits: &l\n  limits: *l\n", "2: unknown key 'limits.limits'"},
       {"workers: 1\n---\nworkers: 2\n", "2: only one YAML document is allowed"},
+      {"kafka: 1\n", "1: kafka: expected a mapping of keys, e.g. kafka: {brokers: \"\"}"},
+      {"kafka:\n  topics: logs\n",
+       "2: kafka.topics: expected a mapping of keys, e.g. kafka.topics: {logs: otlp_logs}"},
+      {"kafka:\n  topics:\n    spans: x\n", "3: unknown key 'kafka.topics.spans'"},
+      {"kafka:\n  topic:\n    logs: x\n", "2: unknown key 'kafka.topic'"},
+      {"pipeline: on\n", "1: pipeline: expected a mapping of keys, e.g. pipeline: {enabled: on}"},
+      {"data_dir:\n  path: /x\n", "2: data_dir: expected a single value, not a mapping"},
+      {"otlp:\n  ack: durable\notlp:\n  mode: batch\n", "3: duplicate key 'otlp'"},
       /* duplicates and conflicts */
       {"workers: 1\nworkers: 2\n", "2: duplicate key 'workers'"},
       {"log:\n  level: info\nlog:\n  level: warn\n", "3: duplicate key 'log'"},
       {"timeouts:\n  idle: 1s\ntimeouts.idle: 2s\n", "3: duplicate key 'timeouts.idle'"},
+      {"kafka.topics.logs: a\nkafka:\n  topics:\n    logs: b\n",
+       "4: duplicate key 'kafka.topics.logs'"},
+      {"kafka:\n  topics: {logs: a}\nkafka.topics:\n  traces: b\n",
+       "3: duplicate key 'kafka.topics'"},
       {"log:\n  access: off\n  access_sample: 0.5\n",
        "3: log.access_sample: conflicts with log.access (set only one)"},
       {"log:\n  access_sample: 0.5\n  access: on\n",
@@ -1102,6 +1283,331 @@ static void test_validate(void **state) {
   expect_invalid(&cfg, "listen: not NUL-terminated");
 }
 
+/* ---- pipeline keys ------------------------------------------------------ */
+
+static void test_choices(void **state) {
+  (void)state;
+  static const struct {
+    const char *key, *text;
+    unsigned want;
+  } good[] = {
+      {"otlp.format", "proto", 0},       {"otlp.format", "json", 1},
+      {"otlp.format", "JSON", 1},        {"otlp.format", "Proto", 0},
+      {"otlp.mode", "record", 0},        {"otlp.mode", "batch", 1},
+      {"otlp.mode", "BATCH", 1},         {"otlp.ack", "durable", 0},
+      {"otlp.ack", "delivered", 1},      {"otlp.ack", "Delivered", 1},
+      {"kafka.compression", "none", 0},  {"kafka.compression", "gzip", 1},
+      {"kafka.compression", "snappy", 2}, {"kafka.compression", "lz4", 3},
+      {"kafka.compression", "zstd", 4},  {"kafka.compression", "LZ4", 3},
+      {"kafka.compression", "ZStd", 4},
+  };
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    keel_config cfg;
+    keel_config_init(&cfg);
+    *choice_ptr(&cfg, good[i].key) = good[i].want ? 0 : 1; /* so a no-op cannot pass */
+    char err[256] = "";
+    int rc = keel_config_set(&cfg, good[i].key, good[i].text, err, sizeof err);
+    if (rc) print_error("%s=%s: %s\n", good[i].key, good[i].text, err);
+    assert_int_equal(rc, 0);
+    assert_int_equal(choice_field(&cfg, good[i].key), good[i].want);
+    assert_int_equal(keel_config_validate(&cfg, err, sizeof err), 0);
+  }
+#define NOTFMT(s) "otlp.format: '" s "' is not one of proto|json"
+  expect_set_error("otlp.format", "xml", NOTFMT("xml"));
+  expect_set_error("otlp.format", "protobuf", NOTFMT("protobuf"));
+  expect_set_error("otlp.format", "pro", NOTFMT("pro"));
+  expect_set_error("otlp.format", "proto|json", NOTFMT("proto|json"));
+  expect_set_error("otlp.format", "proto ", NOTFMT("proto "));
+  expect_set_error("otlp.format", "1", NOTFMT("1"));
+  expect_set_error("otlp.format", "", "otlp.format: empty value");
+  expect_set_error("otlp.mode", "records", "otlp.mode: 'records' is not one of record|batch");
+  expect_set_error("otlp.ack", "sync", "otlp.ack: 'sync' is not one of durable|delivered");
+  expect_set_error("kafka.compression", "brotli",
+                   "kafka.compression: 'brotli' is not one of none|gzip|snappy|lz4|zstd");
+  expect_set_error("kafka.compression", "off",
+                   "kafka.compression: 'off' is not one of none|gzip|snappy|lz4|zstd");
+  expect_yaml_error("otlp:\n  format: yaml\n", "2: otlp.format: 'yaml' is not one of proto|json");
+
+  keel_config cfg, before;
+  keel_config_init(&cfg);
+  before = cfg;
+  char err[256] = "";
+  setenv("KEEL_KAFKA_COMPRESSION", "Snappy", 1);
+  assert_int_equal(keel_config_apply_env(&cfg, err, sizeof err), 0);
+  assert_int_equal(cfg.kafka_compression, 2);
+  setenv("KEEL_KAFKA_COMPRESSION", "lzo", 1);
+  cfg = before;
+  assert_int_equal(keel_config_apply_env(&cfg, err, sizeof err), -EINVAL);
+  assert_string_equal(err, "KEEL_KAFKA_COMPRESSION: 'lzo' is not one of none|gzip|snappy|lz4|zstd");
+  assert_cfg_equal(&cfg, &before);
+  clear_env();
+
+  /* indexes set by hand are checked against the number of choices */
+  keel_config_init(&cfg);
+  cfg.otlp_format = 2;
+  expect_invalid(&cfg, "otlp.format: 2 is not one of proto|json");
+  keel_config_init(&cfg);
+  cfg.otlp_batch = 255;
+  expect_invalid(&cfg, "otlp.mode: 255 is not one of record|batch");
+  keel_config_init(&cfg);
+  cfg.otlp_ack_delivered = 2;
+  expect_invalid(&cfg, "otlp.ack: 2 is not one of durable|delivered");
+  keel_config_init(&cfg);
+  cfg.kafka_compression = 4;
+  assert_int_equal(keel_config_validate(&cfg, NULL, 0), 0);
+  cfg.kafka_compression = 5;
+  expect_invalid(&cfg, "kafka.compression: 5 is not one of none|gzip|snappy|lz4|zstd");
+  keel_config_init(&cfg);
+  cfg.pipeline_enabled = 2;
+  expect_invalid(&cfg, "pipeline.enabled: 2 is not 0 or 1");
+}
+
+static void test_empty_values(void **state) {
+  (void)state;
+  /* the receivers: "" turns them off, from every source */
+  static const char *const off_keys[] = {"otlp.http_listen", "otlp.grpc_listen",
+                                         "otlp.key_attribute", "kafka.brokers"};
+  for (size_t i = 0; i < sizeof off_keys / sizeof off_keys[0]; i++) {
+    keel_config cfg;
+    keel_config_init(&cfg);
+    assert_int_equal(keel_config_set(&cfg, off_keys[i], "x:1", NULL, 0), 0);
+    assert_string_equal(str_field(&cfg, off_keys[i]), "x:1");
+    char err[256] = "";
+    assert_int_equal(keel_config_set(&cfg, off_keys[i], "", err, sizeof err), 0);
+    assert_string_equal(err, "");
+    assert_string_equal(str_field(&cfg, off_keys[i]), "");
+    assert_int_equal(keel_config_validate(&cfg, err, sizeof err), 0);
+  }
+  keel_config cfg, want;
+  char err[512] = "";
+  keel_config_init(&cfg);
+  assert_int_equal(load_yaml(&cfg,
+                             "otlp:\n  http_listen: \"\"\n  grpc_listen:\n"
+                             "kafka:\n  brokers: ''\n",
+                             err, sizeof err, NULL, 0),
+                   0);
+  assert_string_equal(cfg.otlp_http_listen, "");
+  assert_string_equal(cfg.otlp_grpc_listen, "");
+  assert_string_equal(cfg.kafka_brokers, "");
+  assert_int_equal(keel_config_validate(&cfg, err, sizeof err), 0);
+
+  keel_config_init(&cfg);
+  keel_config_init(&want);
+  assert_int_equal(keel_config_set(&cfg, "kafka.brokers", "k:9092", NULL, 0), 0);
+  setenv("KEEL_OTLP_HTTP_LISTEN", "", 1);
+  setenv("KEEL_OTLP_GRPC_LISTEN", "", 1);
+  setenv("KEEL_KAFKA_BROKERS", "", 1);
+  assert_int_equal(keel_config_apply_env(&cfg, err, sizeof err), 0);
+  clear_env();
+  want.otlp_http_listen[0] = '\0';
+  want.otlp_grpc_listen[0] = '\0';
+  assert_cfg_equal(&cfg, &want);
+
+  /* keys without KF_EMPTY still refuse "", including listen next to its OTLP siblings */
+  expect_set_error("listen", "", "listen: empty value");
+  expect_set_error("data_dir", "", "data_dir: empty value");
+  expect_set_error("kafka.topics.logs", "", "kafka.topics.logs: empty value");
+  expect_set_error("tracing.service_name", "", "tracing.service_name: empty value");
+  expect_set_error("otlp.max_request", "", "otlp.max_request: empty value");
+  expect_yaml_error("otlp:\n  http_listen: ''\nlisten: ''\n", "3: listen: empty value");
+  expect_yaml_error("data_dir:\n", "1: data_dir: empty value");
+  setenv("KEEL_KAFKA_TOPICS_TRACES", "", 1);
+  keel_config_init(&cfg);
+  assert_int_equal(keel_config_apply_env(&cfg, err, sizeof err), -EINVAL);
+  assert_string_equal(err, "KEEL_KAFKA_TOPICS_TRACES: empty value");
+  clear_env();
+
+  /* and so does validate, for fields emptied by hand */
+  keel_config_init(&cfg);
+  cfg.listen[0] = '\0';
+  expect_invalid(&cfg, "listen: '' is not HOST:PORT " EG);
+  keel_config_init(&cfg);
+  cfg.data_dir[0] = '\0';
+  expect_invalid(&cfg, "data_dir: empty value");
+  keel_config_init(&cfg);
+  cfg.kafka_topic_metrics[0] = '\0';
+  expect_invalid(&cfg, "kafka.topics.metrics: empty value");
+  keel_config_init(&cfg);
+  cfg.otlp_http_listen[0] = '\0';
+  cfg.otlp_grpc_listen[0] = '\0';
+  cfg.otlp_key_attribute[0] = '\0';
+  assert_int_equal(keel_config_validate(&cfg, NULL, 0), 0);
+}
+
+static void test_pipeline_numbers(void **state) {
+  (void)state;
+  static const vcase t[] = {
+      /* buffer.fsync: "always" (any case) is 0, like "0"; else a period up to 1m */
+      {"buffer.fsync", "always", 0, NULL},
+      {"buffer.fsync", "ALWAYS", 0, NULL},
+      {"buffer.fsync", "Always", 0, NULL},
+      {"buffer.fsync", "0", 0, NULL},
+      {"buffer.fsync", "0ms", 0, NULL},
+      {"buffer.fsync", "10ms", 10, NULL},
+      {"buffer.fsync", "1s", 1000, NULL},
+      {"buffer.fsync", "1m", 60000, NULL},
+      {"buffer.fsync", "60001ms", 0, "60001ms is out of range 0..1m"},
+      {"buffer.fsync", "10", 0, "'10' needs a unit: ms, s, m or h"},
+      {"buffer.fsync", "never", 0, NOTDUR("never")},
+      {"buffer.fsync", "always ", 0, NOTDUR("always ")},
+      {"buffer.fsync", "alway", 0, NOTDUR("alway")},
+      {"buffer.fsync", "", 0, "empty value"},
+      /* "always" is buffer.fsync's alone */
+      {"timeouts.idle", "always", 0, NOTDUR("always")},
+      {"shutdown.drain_delay", "always", 0, NOTDUR("always")},
+      {"shutdown.flush_timeout", "always", 0, NOTDUR("always")},
+      {"kafka.linger", "always", 0, NOTDUR("always")},
+      {"otlp.ack_timeout", "always", 0, NOTDUR("always")},
+      /* the other new durations */
+      {"otlp.ack_timeout", "1ms", 1, NULL},
+      {"otlp.ack_timeout", "1h", 3600000, NULL},
+      {"otlp.ack_timeout", "0", 0, "0 is out of range 1ms..1h"},
+      {"kafka.linger", "0", 0, NULL},
+      {"kafka.linger", "10s", 10000, NULL},
+      {"kafka.linger", "10001ms", 0, "10001ms is out of range 0..10s"},
+      {"shutdown.flush_timeout", "0", 0, NULL},
+      {"shutdown.flush_timeout", "10m", 600000, NULL},
+      {"shutdown.flush_timeout", "11m", 0, "11m is out of range 0..10m"},
+      /* sizes */
+      {"otlp.max_request", "1KiB", KIB, NULL},
+      {"otlp.max_request", "1GiB", GIB, NULL},
+      {"otlp.max_request", "1023", 0, "1023 is out of range 1KiB..1GiB"},
+      {"buffer.segment", "64KiB", 64 * KIB, NULL},
+      {"buffer.segment", "4GiB", 4 * GIB, NULL},
+      {"buffer.segment", "5GiB", 0, "5GiB is out of range 64KiB..4GiB"},
+      {"buffer.max", "1MiB", MIB, NULL},
+      {"buffer.max", "1048576GiB", 1ull << 50, NULL},
+      {"buffer.max", "1048577GiB", 0, "1048577GiB is out of range 1MiB..1048576GiB"},
+      {"buffer.max", "1MB", 0, NOTSIZE("1MB")},
+      {"buffer.memory", "1MiB", MIB, NULL},
+      {"buffer.memory", "64GiB", 64 * GIB, NULL},
+      {"buffer.memory", "65GiB", 0, "65GiB is out of range 1MiB..64GiB"},
+      {"kafka.message_max", "4KiB", 4 * KIB, NULL},
+      {"kafka.message_max", "1000000000", 1000000000, NULL},
+      {"kafka.message_max", "1000000001", 0, "1000000001 is out of range 4KiB..1000000000"},
+      {"kafka.message_max", "1GiB", 0, "1GiB is out of range 4KiB..1000000000"},
+      {"files.rotate", "64KiB", 64 * KIB, NULL},
+      {"files.rotate", "64GiB", 64 * GIB, NULL},
+      {"files.rotate", "65535", 0, "65535 is out of range 64KiB..64GiB"},
+      /* counts */
+      {"kafka.batch_messages", "1", 1, NULL},
+      {"kafka.batch_messages", "1000000", 1000000, NULL},
+      {"kafka.batch_messages", "0", 0, "0 is out of range 1..1000000"},
+      {"files.keep", "1", 1, NULL},
+      {"files.keep", "100000", 100000, NULL},
+      {"files.keep", "0", 0, "0 is out of range 1..100000"},
+      {"files.keep", "1e3", 0, NOTNUM("1e3")},
+  };
+  run_vcases(t, sizeof t / sizeof t[0]);
+
+  /* "always" from a file and from the environment too */
+  keel_config cfg;
+  char err[256] = "";
+  keel_config_init(&cfg);
+  assert_int_equal(keel_config_set(&cfg, "buffer.fsync", "50ms", NULL, 0), 0);
+  assert_int_equal(load_yaml(&cfg, "buffer:\n  fsync: always\n", err, sizeof err, NULL, 0), 0);
+  assert_int_equal(cfg.buffer_fsync_ms, 0);
+  setenv("KEEL_BUFFER_FSYNC", "25ms", 1);
+  assert_int_equal(keel_config_apply_env(&cfg, err, sizeof err), 0);
+  assert_int_equal(cfg.buffer_fsync_ms, 25);
+  setenv("KEEL_BUFFER_FSYNC", "always", 1);
+  assert_int_equal(keel_config_apply_env(&cfg, err, sizeof err), 0);
+  assert_int_equal(cfg.buffer_fsync_ms, 0);
+  clear_env();
+  expect_yaml_error("shutdown:\n  flush_timeout: always\n",
+                    "2: shutdown.flush_timeout: " NOTDUR("always"));
+
+  /* hand-set numbers are range-checked by validate */
+  keel_config_init(&cfg);
+  cfg.buffer_fsync_ms = 60001;
+  expect_invalid(&cfg, "buffer.fsync: 60001ms is out of range 0..1m");
+  keel_config_init(&cfg);
+  cfg.buffer_segment_bytes = 1000;
+  expect_invalid(&cfg, "buffer.segment: 1000 is out of range 64KiB..4GiB");
+  keel_config_init(&cfg);
+  cfg.otlp_ack_timeout_ms = 0;
+  expect_invalid(&cfg, "otlp.ack_timeout: 0 is out of range 1ms..1h");
+  keel_config_init(&cfg);
+  cfg.files_keep = 0;
+  expect_invalid(&cfg, "files.keep: 0 is out of range 1..100000");
+}
+
+static void test_otlp_listen(void **state) {
+  (void)state;
+  static const char *const keys[] = {"otlp.http_listen", "otlp.grpc_listen"};
+  static const char *const good[] = {"0.0.0.0:4318", "127.0.0.1:0", "[::1]:4317", "[::]:4318",
+                                     "localhost:4318", "otel-gw.monitoring.svc:4317"};
+  for (size_t k = 0; k < 2; k++) {
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+      keel_config cfg;
+      keel_config_init(&cfg);
+      char err[256] = "";
+      int rc = keel_config_set(&cfg, keys[k], good[i], err, sizeof err);
+      if (rc) print_error("%s=%s: %s\n", keys[k], good[i], err);
+      assert_int_equal(rc, 0);
+      assert_string_equal(str_field(&cfg, keys[k]), good[i]);
+      assert_int_equal(keel_config_validate(&cfg, err, sizeof err), 0);
+    }
+  }
+  static const struct {
+    const char *text, *msg;
+  } bad[] = {
+      {"4318", "otlp.http_listen: '4318' is not HOST:PORT " EG},
+      {"127.0.0.1", "otlp.http_listen: '127.0.0.1' is not HOST:PORT " EG},
+      {":4318", "otlp.http_listen: ':4318' has no host (use 0.0.0.0 or [::] for every interface)"},
+      {"127.0.0.1:65536", "otlp.http_listen: '127.0.0.1:65536': port must be a number in 0..65535"},
+      {"127.0.0.1:otlp", "otlp.http_listen: '127.0.0.1:otlp': port must be a number in 0..65535"},
+      {"::1:4318", "otlp.http_listen: '::1:4318': an IPv6 address needs brackets, e.g. [::1]:8080"},
+      {"[zz]:4318", "otlp.http_listen: '[zz]:4318': 'zz' is not an IPv6 address"},
+      {"300.0.0.1:4318", "otlp.http_listen: '300.0.0.1:4318': '300.0.0.1' is not an IPv4 address"},
+      {"otel_gw:4318", "otlp.http_listen: 'otel_gw:4318': 'otel_gw' is not a valid host name"},
+      {"http://127.0.0.1:4318",
+       "otlp.http_listen: 'http://127.0.0.1:4318': an IPv6 address needs brackets, e.g. "
+       "[::1]:8080"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    expect_set_error("otlp.http_listen", bad[i].text, bad[i].msg);
+  expect_set_error("otlp.grpc_listen", "[::1]4317",
+                   "otlp.grpc_listen: '[::1]4317' is not [IPV6]:PORT " EG);
+  expect_yaml_error("otlp:\n  grpc_listen: 4317\n",
+                    "2: otlp.grpc_listen: '4317' is not HOST:PORT " EG);
+  setenv("KEEL_OTLP_HTTP_LISTEN", "0.0.0.0", 1);
+  keel_config cfg;
+  char err[512] = "";
+  keel_config_init(&cfg);
+  assert_int_equal(keel_config_apply_env(&cfg, err, sizeof err), -EINVAL);
+  assert_string_equal(err, "KEEL_OTLP_HTTP_LISTEN: '0.0.0.0' is not HOST:PORT " EG);
+  clear_env();
+
+  /* 127 bytes fit the field; 128 do not */
+  char text[160];
+  memset(text, 'a', sizeof text);
+  memcpy(text + 60, ".", 1);
+  memcpy(text + 121, ":4318", 6);
+  assert_int_equal(strlen(text), 126);
+  assert_int_equal(keel_config_set(&cfg, "otlp.grpc_listen", text, err, sizeof err), 0);
+  memcpy(text + 121, ":43180", 7);
+  text[121] = 'a';
+  memcpy(text + 122, ":43180", 7);
+  assert_int_equal(strlen(text), 128);
+  assert_int_equal(keel_config_set(&cfg, "otlp.grpc_listen", text, err, sizeof err), -EINVAL);
+  assert_non_null(strstr(err, "' is too long (at most 127 bytes)"));
+
+  /* validate checks hand-set values like text */
+  keel_config_init(&cfg);
+  snprintf(cfg.otlp_http_listen, sizeof cfg.otlp_http_listen, "nope");
+  expect_invalid(&cfg, "otlp.http_listen: 'nope' is not HOST:PORT " EG);
+  keel_config_init(&cfg);
+  snprintf(cfg.otlp_grpc_listen, sizeof cfg.otlp_grpc_listen, "[::1]:99999");
+  expect_invalid(&cfg, "otlp.grpc_listen: '[::1]:99999': port must be a number in 0..65535");
+  keel_config_init(&cfg);
+  memset(cfg.otlp_grpc_listen, 'a', sizeof cfg.otlp_grpc_listen);
+  expect_invalid(&cfg, "otlp.grpc_listen: not NUL-terminated");
+  keel_config_init(&cfg);
+  memset(cfg.data_dir, 'a', sizeof cfg.data_dir);
+  expect_invalid(&cfg, "data_dir: not NUL-terminated");
+}
+
 /* ---- error buffers ------------------------------------------------------- */
 
 static void test_err_buffer(void **state) {
@@ -1177,6 +1683,10 @@ int main(void) {
       cmocka_unit_test_setup(test_listen, test_setup),
       cmocka_unit_test_setup(test_level_and_access, test_setup),
       cmocka_unit_test_setup(test_validate, test_setup),
+      cmocka_unit_test_setup(test_choices, test_setup),
+      cmocka_unit_test_setup(test_empty_values, test_setup),
+      cmocka_unit_test_setup(test_pipeline_numbers, test_setup),
+      cmocka_unit_test_setup(test_otlp_listen, test_setup),
       cmocka_unit_test_setup(test_err_buffer, test_setup),
       cmocka_unit_test_setup(test_example_file, test_setup),
   };
