@@ -299,6 +299,10 @@ static void respond_ingest_error(gstream *s, int rc, const kl_otlp_result *res) 
     respond_status(c, s->id, s, "200", GRPC_RESOURCE_EXHAUSTED,
                    "too much telemetry in flight: retry later");
     return;
+  case KL_INGEST_LARGE:
+    respond_status(c, s->id, s, "200", GRPC_RESOURCE_EXHAUSTED,
+                   "the request needs more memory than buffer.memory allows");
+    return;
   case KL_INGEST_FULL:
     respond_status(c, s->id, s, "200", GRPC_UNAVAILABLE,
                    "the disk buffer is full (the sink is behind): retry later");

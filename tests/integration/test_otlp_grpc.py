@@ -1,9 +1,11 @@
 """test_otlp_grpc.py - the OTLP/gRPC receiver with a real gRPC client (Debian's grpcio): the three
 Export methods into the file sink, partial success, gzip, INVALID_ARGUMENT / UNIMPLEMENTED /
-RESOURCE_EXHAUSTED answers, a gzip bomb, many concurrent calls on one channel, and SIGTERM."""
+RESOURCE_EXHAUSTED answers, a gzip bomb, clients that do not speak HTTP/2, many concurrent calls
+on one channel, and SIGTERM."""
 import glob
 import json
 import os
+import socket
 import sys
 import time
 
@@ -215,6 +217,22 @@ def test_oversize_and_gzip_bomb_are_resource_exhausted():
         assert len(records(k, "logs", 3)) == 3
 
 
+def test_not_http2_is_closed():
+    with Keel() as k, channel(k) as ch:
+        for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00" * 100):
+            s = socket.create_connection(("127.0.0.1", k.grpc_port), timeout=5)
+            s.sendall(junk)
+            data = b""
+            while True:  # keel may send its SETTINGS (and a GOAWAY) before closing
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            assert b"HTTP/1.1" not in data, data
+        stub(ch, "logs")(logs_request([1]), timeout=15)
+
+
 def test_many_concurrent_calls_on_one_channel():
     with Keel() as k, channel(k) as ch:
         logs, traces = stub(ch, "logs"), stub(ch, "traces")
@@ -245,6 +263,30 @@ def test_sigterm_while_idle_exits_cleanly():
             assert e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), e
         msgs = [o.get("msg") for o in k.logs()]
         assert "otlp_grpc listening" in msgs and "stopped" in msgs, msgs
+    finally:
+        k.kill()
+        k.__exit__(None, None, None)
+
+
+def test_sigterm_during_calls():
+    """Calls in flight at SIGTERM are answered (OK, or UNAVAILABLE for streams the final GOAWAY
+    refused: a client retries those elsewhere); every record answered OK reaches the sink."""
+    k = Keel().start()
+    try:
+        with channel(k) as ch:
+            traces = stub(ch, "traces")
+            traces(traces_request([0]), timeout=15)  # connected
+            calls = [traces.future(traces_request(range(i * 10 + 10, i * 10 + 20)), timeout=20)
+                     for i in range(100)]
+            time.sleep(0.05)
+            k.signal()
+            codes = [c.code() for c in calls]
+            assert k.wait(15) == 0, k.lines[-5:]
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+        ok = codes.count(grpc.StatusCode.OK)
+        assert ok > 0, codes
+        spans = records(k, "traces", 1 + ok * 10, timeout=2)
+        assert len(spans) >= 1 + ok * 10, (len(spans), ok)
     finally:
         k.kill()
         k.__exit__(None, None, None)
