@@ -63,6 +63,9 @@ static void notify(kl_pipeline *p, uint64_t pos) {
   uint64_t cur = atomic_load(&p->acked);
   while (cur < pos && !atomic_compare_exchange_weak(&p->acked, &cur, pos)) {
   }
+  /* Held while notifying so that kl_pipeline_unwatch can wait out a notification that
+   * still uses the watcher it removes (uncontended but for registration and removal). */
+  pthread_mutex_lock(&p->watch_lock);
   unsigned n = atomic_load_explicit(&p->nwatch, memory_order_acquire);
   for (unsigned i = 0; i < n; i++) {
     if (!atomic_load(p->watch[i].armed)) continue;
@@ -70,6 +73,7 @@ static void notify(kl_pipeline *p, uint64_t pos) {
     ssize_t r = write(p->watch[i].efd, &one, sizeof(one));
     (void)r;
   }
+  pthread_mutex_unlock(&p->watch_lock);
 }
 
 /* Syncer thread: the buffer's durable position advanced. */
@@ -93,6 +97,18 @@ int kl_pipeline_watch(kl_pipeline *p, int efd, _Atomic int *armed) {
   atomic_store_explicit(&p->nwatch, n + 1, memory_order_release);
   pthread_mutex_unlock(&p->watch_lock);
   return 0;
+}
+
+void kl_pipeline_unwatch(kl_pipeline *p, int efd) {
+  pthread_mutex_lock(&p->watch_lock);
+  unsigned n = atomic_load(&p->nwatch);
+  for (unsigned i = 0; i < n; i++) {
+    if (p->watch[i].efd != efd) continue;
+    p->watch[i] = p->watch[n - 1];
+    atomic_store_explicit(&p->nwatch, n - 1, memory_order_release);
+    break;
+  }
+  pthread_mutex_unlock(&p->watch_lock);
 }
 
 /* ---- the sink's source: the disk buffer ----------------------------------------- */

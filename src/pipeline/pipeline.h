@@ -79,6 +79,12 @@ uint64_t kl_pipeline_acked(const kl_pipeline *p);
  */
 int kl_pipeline_watch(kl_pipeline *p, int efd, _Atomic int *armed);
 
+/**
+ * Removes the watcher registered with `efd`, whose owner is about to close it and free its
+ * `armed`: once this returns the pipeline touches neither. Any thread but a notifying one.
+ */
+void kl_pipeline_unwatch(kl_pipeline *p, int efd);
+
 /** Most watchers (workers plus the gRPC thread). */
 #define KL_PIPELINE_WATCH_MAX 256
 

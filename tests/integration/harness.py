@@ -43,6 +43,7 @@ class Keel:
         self.lines = []
         self.port = None
         self.otlp_port = None
+        self.grpc_port = None
         self._listening = threading.Event()
 
     def start(self):
@@ -71,6 +72,8 @@ class Keel:
                 obj = json.loads(line)
             except ValueError:
                 continue
+            if obj.get("msg") == "otlp_grpc listening":  # logged before "listening"
+                self.grpc_port = int(obj["address"].rsplit(":", 1)[1])
             if obj.get("msg") == "listening":
                 if obj.get("otlp_http"):
                     self.otlp_port = int(obj["otlp_http"].rsplit(":", 1)[1])

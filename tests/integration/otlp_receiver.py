@@ -10,8 +10,10 @@ Import it from integration tests (it is not a test itself):
         spans[0]["name"], spans[0]["attributes"]["http.request.method"], rx.requests[0]["gzip"]
 
 The message types are built here from descriptors (field numbers checked against
-opentelemetry-proto: collector/trace/v1, trace/v1, resource/v1, common/v1) and decoded with
-Google's protobuf runtime. Run this file to self-check it.
+opentelemetry-proto: collector/{trace,logs,metrics}/v1, trace/v1, logs/v1, metrics/v1 (gauge and
+sum), resource/v1, common/v1) and decoded with Google's protobuf runtime; other tests use MSG and
+the Export*Service{Request,Response} classes to build and read OTLP messages. Run this file to
+self-check it.
 """
 import gzip
 import http.client
@@ -97,6 +99,83 @@ _MESSAGES = {
     "ExportTraceServiceResponse": [
         ("partial_success", 1, _F.TYPE_MESSAGE, _OPT, "ExportTracePartialSuccess", None),
     ],
+    # logs/v1 and collector/logs/v1
+    "LogRecord": [
+        ("time_unix_nano", 1, _F.TYPE_FIXED64, _OPT, None, None),
+        ("severity_number", 2, _F.TYPE_INT32, _OPT, None, None),  # enum SeverityNumber
+        ("severity_text", 3, _F.TYPE_STRING, _OPT, None, None),
+        ("body", 5, _F.TYPE_MESSAGE, _OPT, "AnyValue", None),
+        ("attributes", 6, _F.TYPE_MESSAGE, _REP, "KeyValue", None),
+        ("dropped_attributes_count", 7, _F.TYPE_UINT32, _OPT, None, None),
+        ("flags", 8, _F.TYPE_FIXED32, _OPT, None, None),
+        ("trace_id", 9, _F.TYPE_BYTES, _OPT, None, None),
+        ("span_id", 10, _F.TYPE_BYTES, _OPT, None, None),
+        ("observed_time_unix_nano", 11, _F.TYPE_FIXED64, _OPT, None, None),
+        ("event_name", 12, _F.TYPE_STRING, _OPT, None, None),
+    ],
+    "ScopeLogs": [
+        ("scope", 1, _F.TYPE_MESSAGE, _OPT, "InstrumentationScope", None),
+        ("log_records", 2, _F.TYPE_MESSAGE, _REP, "LogRecord", None),
+        ("schema_url", 3, _F.TYPE_STRING, _OPT, None, None),
+    ],
+    "ResourceLogs": [
+        ("resource", 1, _F.TYPE_MESSAGE, _OPT, "Resource", None),
+        ("scope_logs", 2, _F.TYPE_MESSAGE, _REP, "ScopeLogs", None),
+        ("schema_url", 3, _F.TYPE_STRING, _OPT, None, None),
+    ],
+    "ExportLogsServiceRequest": [
+        ("resource_logs", 1, _F.TYPE_MESSAGE, _REP, "ResourceLogs", None),
+    ],
+    "ExportLogsPartialSuccess": [
+        ("rejected_log_records", 1, _F.TYPE_INT64, _OPT, None, None),
+        ("error_message", 2, _F.TYPE_STRING, _OPT, None, None),
+    ],
+    "ExportLogsServiceResponse": [
+        ("partial_success", 1, _F.TYPE_MESSAGE, _OPT, "ExportLogsPartialSuccess", None),
+    ],
+    # metrics/v1 (gauge and sum only) and collector/metrics/v1
+    "NumberDataPoint": [
+        ("start_time_unix_nano", 2, _F.TYPE_FIXED64, _OPT, None, None),
+        ("time_unix_nano", 3, _F.TYPE_FIXED64, _OPT, None, None),
+        ("as_double", 4, _F.TYPE_DOUBLE, _OPT, None, 0),
+        ("as_int", 6, _F.TYPE_SFIXED64, _OPT, None, 0),
+        ("attributes", 7, _F.TYPE_MESSAGE, _REP, "KeyValue", None),
+        ("flags", 8, _F.TYPE_UINT32, _OPT, None, None),
+    ],
+    "Gauge": [("data_points", 1, _F.TYPE_MESSAGE, _REP, "NumberDataPoint", None)],
+    "Sum": [
+        ("data_points", 1, _F.TYPE_MESSAGE, _REP, "NumberDataPoint", None),
+        ("aggregation_temporality", 2, _F.TYPE_INT32, _OPT, None, None),  # enum
+        ("is_monotonic", 3, _F.TYPE_BOOL, _OPT, None, None),
+    ],
+    "Metric": [  # histogram = 9, exponential_histogram = 10, summary = 11: not modelled
+        ("name", 1, _F.TYPE_STRING, _OPT, None, None),
+        ("description", 2, _F.TYPE_STRING, _OPT, None, None),
+        ("unit", 3, _F.TYPE_STRING, _OPT, None, None),
+        ("gauge", 5, _F.TYPE_MESSAGE, _OPT, "Gauge", 0),
+        ("sum", 7, _F.TYPE_MESSAGE, _OPT, "Sum", 0),
+        ("metadata", 12, _F.TYPE_MESSAGE, _REP, "KeyValue", None),
+    ],
+    "ScopeMetrics": [
+        ("scope", 1, _F.TYPE_MESSAGE, _OPT, "InstrumentationScope", None),
+        ("metrics", 2, _F.TYPE_MESSAGE, _REP, "Metric", None),
+        ("schema_url", 3, _F.TYPE_STRING, _OPT, None, None),
+    ],
+    "ResourceMetrics": [
+        ("resource", 1, _F.TYPE_MESSAGE, _OPT, "Resource", None),
+        ("scope_metrics", 2, _F.TYPE_MESSAGE, _REP, "ScopeMetrics", None),
+        ("schema_url", 3, _F.TYPE_STRING, _OPT, None, None),
+    ],
+    "ExportMetricsServiceRequest": [
+        ("resource_metrics", 1, _F.TYPE_MESSAGE, _REP, "ResourceMetrics", None),
+    ],
+    "ExportMetricsPartialSuccess": [
+        ("rejected_data_points", 1, _F.TYPE_INT64, _OPT, None, None),
+        ("error_message", 2, _F.TYPE_STRING, _OPT, None, None),
+    ],
+    "ExportMetricsServiceResponse": [
+        ("partial_success", 1, _F.TYPE_MESSAGE, _OPT, "ExportMetricsPartialSuccess", None),
+    ],
 }
 
 
@@ -127,6 +206,10 @@ def _build_classes():
 MSG = _build_classes()
 ExportTraceServiceRequest = MSG["ExportTraceServiceRequest"]
 ExportTraceServiceResponse = MSG["ExportTraceServiceResponse"]
+ExportLogsServiceRequest = MSG["ExportLogsServiceRequest"]
+ExportLogsServiceResponse = MSG["ExportLogsServiceResponse"]
+ExportMetricsServiceRequest = MSG["ExportMetricsServiceRequest"]
+ExportMetricsServiceResponse = MSG["ExportMetricsServiceResponse"]
 
 SPAN_KIND = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER",
              5: "CONSUMER"}
