@@ -1,6 +1,9 @@
 /* utf8.c - UTF-8 validation (RFC 3629), see utf8.h. */
 #include "core/utf8.h"
 
+#include <stdint.h>
+#include <string.h>
+
 size_t kl_utf8_seq(const unsigned char *s, size_t n) {
   unsigned c = s[0];
   if (c < 0x80) return 1;
@@ -13,4 +16,36 @@ size_t kl_utf8_seq(const unsigned char *s, size_t n) {
   for (size_t i = 2; i < len; i++)
     if ((s[i] & 0xc0) != 0x80) return 0;
   return len;
+}
+
+static inline uint64_t load64(const unsigned char *p) {
+  uint64_t w;
+  memcpy(&w, p, sizeof w); /* the portable unaligned load; it compiles to one instruction */
+  return w;
+}
+
+#define HIGH_BITS 0x8080808080808080u
+
+int kl_utf8_valid(const unsigned char *s, size_t n) {
+  size_t i = 0;
+  /* Most strings are all ASCII: check eight bytes at a time for a high bit. A string of
+   * eight bytes or more ends with a word that overlaps the previous one, instead of a tail
+   * loop: the bytes it reads twice were just found ASCII. */
+  if (n >= 8) {
+    for (; n - i > 8; i += 8)
+      if (load64(s + i) & HIGH_BITS) goto mixed;
+    if (!(load64(s + n - 8) & HIGH_BITS)) return 1;
+  }
+mixed:
+  for (;;) {
+    /* Byte by byte: through a short tail, or (fewer than eight steps) up to the byte with
+     * the high bit, which starts a multi-byte sequence or is invalid. */
+    while (i < n && s[i] < 0x80) i++;
+    if (i == n) return 1;
+    size_t k = kl_utf8_seq(s + i, n - i);
+    if (!k) return 0;
+    i += k;
+    /* then ASCII eight bytes at a time again (no overlap here: s[.. i) may not be ASCII) */
+    while (n - i >= 8 && !(load64(s + i) & HIGH_BITS)) i += 8;
+  }
 }

@@ -107,6 +107,13 @@ static void test_tables_consistent(void **state) {
       if (f->flags & KL_OTLP_PACKED) assert_true(kl_otlp_wire_type(f->kind) != KL_PB_LEN);
       assert_ptr_equal(kl_otlp_field_find(d, f->num), f);
     }
+    /* numbers not in the table are unknown, through the index and beyond it */
+    for (uint32_t num = 0; num < 2 * KL_OTLP_INDEX_LEN; num++) {
+      int known = 0;
+      for (uint32_t k = 0; k < d->nfields; k++) known |= d->fields[k].num == num;
+      if (!known) assert_null(kl_otlp_field_find(d, num));
+    }
+    assert_null(kl_otlp_field_find(d, KL_PB_FIELD_MAX));
   }
   assert_ptr_equal(kl_otlp_request_desc(KL_SIG_TRACES), &kl_otlp_trace_request);
   assert_ptr_equal(kl_otlp_response_desc(KL_SIG_METRICS), &kl_otlp_metrics_response);
