@@ -26,17 +26,19 @@ static inline uint64_t load64(const unsigned char *p) {
 
 #define HIGH_BITS 0x8080808080808080u
 
+/* The index after the ASCII run from i, in whole words. (Unrolling to 16 bytes a step
+ * helps long strings as much as it costs short ones, such as attribute keys.) */
+static inline size_t skip_ascii(const unsigned char *s, size_t i, size_t n) {
+  while (n - i >= 8 && !(load64(s + i) & HIGH_BITS)) i += 8;
+  return i;
+}
+
 int kl_utf8_valid(const unsigned char *s, size_t n) {
-  size_t i = 0;
-  /* Most strings are all ASCII: check eight bytes at a time for a high bit. A string of
-   * eight bytes or more ends with a word that overlaps the previous one, instead of a tail
-   * loop: the bytes it reads twice were just found ASCII. */
-  if (n >= 8) {
-    for (; n - i > 8; i += 8)
-      if (load64(s + i) & HIGH_BITS) goto mixed;
-    if (!(load64(s + n - 8) & HIGH_BITS)) return 1;
-  }
-mixed:
+  /* Most strings are all ASCII: checked a word at a time for a high bit. When the run
+   * reaches the last (fewer than eight) bytes, they are checked with one word that ends the
+   * string and so overlaps the run, whose bytes were just found ASCII. */
+  size_t i = skip_ascii(s, 0, n);
+  if (i == n || (n - i < 8 && n >= 8 && !(load64(s + n - 8) & HIGH_BITS))) return 1;
   for (;;) {
     /* Byte by byte: through a short tail, or (fewer than eight steps) up to the byte with
      * the high bit, which starts a multi-byte sequence or is invalid. */
@@ -44,8 +46,7 @@ mixed:
     if (i == n) return 1;
     size_t k = kl_utf8_seq(s + i, n - i);
     if (!k) return 0;
-    i += k;
-    /* then ASCII eight bytes at a time again (no overlap here: s[.. i) may not be ASCII) */
-    while (n - i >= 8 && !(load64(s + i) & HIGH_BITS)) i += 8;
+    /* then ASCII by words again (no overlapping word here: s[.. i) may not be ASCII) */
+    i = skip_ascii(s, i + k, n);
   }
 }

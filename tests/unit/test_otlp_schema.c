@@ -179,6 +179,26 @@ static void test_errors(void **state) {
   logs_request(&req, &rec);
   expect_bad(&kl_otlp_logs_request, &req, "string is not UTF-8");
 
+  /* strings checked a word at a time: a bad byte anywhere in a long ASCII run is found,
+   * and multi-byte sequences anywhere are accepted */
+  for (size_t len = 1; len <= 40; len++) {
+    for (size_t at = 0; at < len; at++) {
+      char str[48];
+      memset(str, 'a', len);
+      str[at] = (char)0xff;
+      rec.n = 0;
+      put_len(&rec, 3, str, len);
+      logs_request(&req, &rec);
+      expect_bad(&kl_otlp_logs_request, &req, "string is not UTF-8");
+      if (at + 2 > len) continue;
+      str[at] = (char)0xc3, str[at + 1] = (char)0xa9; /* é */
+      rec.n = 0;
+      put_len(&rec, 3, str, len);
+      logs_request(&req, &rec);
+      assert_int_equal(kl_otlp_check(&kl_otlp_logs_request, req.b, req.n, 1, NULL), 0);
+    }
+  }
+
   rec.n = 0;
   put_len(&rec, 2, "\x01", 1); /* severity_number is not repeated: no packed form */
   logs_request(&req, &rec);
