@@ -2,6 +2,7 @@
 """run.py - the benchmark runner: keel beside Go net/http, Rust hyper and nginx, written to docs/benchmarks.md.
 
 Usage: bench/run.py [--quick | --smoke] [--out DIR] [--servers keel,rust,go,nginx] [--from-json FILE]
+                   [--pipeline-only | --no-pipeline]
        bench/run.py --pipeline-peers-only [--pipeline-seconds S] [--pipeline-reps N] [--pipeline-signals logs,traces]
   (default)  the full run: closed-loop max throughput, constant rates until a server cannot hold
              the rate, idle/peak RSS, binary sizes; pinned (server CPU 0, generator CPU 1, one
@@ -12,11 +13,19 @@ Usage: bench/run.py [--quick | --smoke] [--out DIR] [--servers keel,rust,go,ngin
   --pipeline-peers-only   only the Go and Rust OTLP pipeline peers (decode + split + re-encode,
              pinned to CPU 1 with one thread, and unpinned with two): their numbers as JSON on
              stdout (see pipeline_peers()); nothing is written.
+  --pipeline-only   only the telemetry pipeline (issue 5, see pipeline_bench()): end to end OTLP/HTTP
+             -> disk buffer -> Kafka mock cluster, split_bench beside the Go and Rust pipelines,
+             memory with Kafka down. JSON on stdout; its section of benchmarks.md and the "pipeline"
+             key of benchmarks.json are replaced, the rest kept. With --quick or --smoke as above.
+  --no-pipeline   the HTTP part only (by default the pipeline part follows it).
 """
 import argparse
+import hashlib
+import http.client
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -26,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("KEEL_BENCH_BUILD", os.path.join(ROOT, "build"))
@@ -303,17 +313,7 @@ def run_mode(cfg, names, mode, res, tmp):
 def run(cfg, servers):
     results = {"config": cfg, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                "servers": {}}
-    busy = machine_busy(2)
-    results["busy_before_pct"] = 100 * busy
-    if busy > 0.25 and not cfg["smoke"]:
-        log("machine busy (%.0f%% of all CPUs) before the run: waiting" % (100 * busy))
-        for _ in range(30):
-            time.sleep(5)
-            busy = machine_busy(2)
-            if busy <= 0.25:
-                break
-        else:
-            raise SystemExit("refusing to benchmark: the machine stays busy (%.0f%%)" % (100 * busy))
+    results["busy_before_pct"] = 100 * (machine_busy(2) if cfg["smoke"] else wait_quiet("run"))
     tmp = tempfile.mkdtemp(prefix="keel-bench-")
     try:
         for name in servers:
@@ -353,13 +353,15 @@ def profile(rate, seconds, tmp):
         srv.stop()
 
 
+def first_line(argv):
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (p.stdout or p.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "not found"
+
+
 def versions():
-    def first_line(argv):
-        try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-            return (p.stdout or p.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.TimeoutExpired):
-            return "not found"
     return {
         "keel": first_line([os.path.join(BUILD, "keel"), "version"]),
         "go": first_line(["go", "version"]),
@@ -496,6 +498,9 @@ def report(results, out_md, img_dir, cmdline):
                             ("max", "max throughput")):
             if os.path.exists(os.path.join(img_dir, "bench-%s.png" % name)):
                 L.append("![%s](img/bench-%s.png)" % (title, name))
+    if results.get("pipeline"):
+        L.append("")
+        L.extend(pipeline_section(results["pipeline"], img_dir))
     with open(out_md, "w") as f:
         f.write("\n".join(L) + "\n")
 
@@ -734,6 +739,1051 @@ def pipeline_peers(seconds=3.0, reps=1, signals=("logs",), peers=("go", "rust"),
     return res
 
 
+# ---- the telemetry pipeline (issue 5): OTLP/HTTP -> disk buffer -> Kafka, and the splitter alone ----
+# pipeline_bench() measures keel's shipped pipeline three ways (see the docstrings below):
+#   e2e       keel-load POSTs OTLP logs (100 records a request) to keel's OTLP/HTTP listener;
+#             keel buffers them durably and produces one Kafka message per record to a mock cluster
+#             (build/tools/kafka_mock, librdkafka's mock brokers); records/s from keel's counters.
+#   nullsink  decode + split + re-encode alone: keel's split_bench beside the Go and Rust peers.
+#   memory    Kafka down: keel's buffer fills to buffer.max, receivers answer 503, peak RSS; then
+#             Kafka up and the time to drain.
+# Pinning (2 cores shared by generator, keel and the mock cluster, as issue 5 asks): nothing is
+# pinned in e2e and memory. keel has 2 workers plus its syncer and sink threads and librdkafka's
+# broker threads, the mock cluster its own threads, the generator one thread: pinning any of them
+# to one core would cap it there while the others queue on the other core, so the scheduler shares
+# the two cores. The null-sink runs are pinned (one core: CPU 1) or use both cores (2 threads).
+
+KAFKA_TOPICS = "otlp_logs,otlp_spans,otlp_metrics"
+E2E_TARGET = 700000        # records/s end to end, sustained (issue 5)
+NULLSINK_TARGET = 1400000  # records/s decode + split + re-encode on the 2 cores
+RSS_TARGET_KB = 256 * 1024  # peak RSS, whatever the load
+
+PIPELINE_CFG = {
+    # smoke: does the harness work (CI); no peers, no memory test, nothing asserted about speed
+    "smoke": dict(reps=1, seconds=2, warmup=0.5, conns=[16], fsync=["10ms"], drain_max=5,
+                  null_seconds=1, null_modes=["pinned"], peers=False, memory=False, max_other=1000),
+    "quick": dict(reps=1, seconds=4, warmup=1, conns=[16, 64], fsync=["10ms", "always"], drain_max=5,
+                  null_seconds=2, null_modes=["pinned", "two"], peers=True, memory=True,
+                  buffer_max="256MiB", hold=4, fill_max=60, up_max=90, max_other=100, profile=True),
+    "full": dict(reps=3, seconds=8, warmup=2, conns=[16, 32, 64], fsync=["10ms", "always"],
+                 drain_max=10, null_seconds=3, null_modes=["pinned", "two"], peers=True, memory=True,
+                 buffer_max="256MiB", hold=10, fill_max=90, up_max=180, max_other=15, profile=True),
+}
+
+
+def scrape(port):
+    """keel's /metrics as {'name{labels}': value}."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, val = line.rpartition(" ")
+        try:
+            out[key] = float(val)
+        except ValueError:
+            pass
+    return out
+
+
+def mval(m, name, **labels):
+    """The sum of the series of `name` that carry all of `labels`."""
+    tot = 0.0
+    for key, v in m.items():
+        n, _, lab = key.partition("{")
+        if n == name and all('%s="%s"' % kv in lab for kv in labels.items()):
+            tot += v
+    return tot
+
+
+def mock_argv(brokers=3, partitions=6, topics=KAFKA_TOPICS):
+    return [os.path.join(BUILD, "tools", "kafka_mock"), "--brokers", str(brokers),
+            "--partitions", str(partitions), "--topics", topics]
+
+
+class KafkaMock:
+    """build/tools/kafka_mock: a Kafka-protocol cluster on loopback, driven by stdin commands."""
+
+    def __init__(self):
+        self.argv = mock_argv()
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, bufsize=1,
+                                     start_new_session=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("BOOTSTRAP "):
+            self.stop()
+            raise RuntimeError("kafka_mock did not start: %r" % line)
+        self.bootstrap = line.split(" ", 1)[1]
+
+    def command(self, cmd):
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        if answer != "OK":
+            raise RuntimeError("kafka_mock %r: %r" % (cmd, answer))
+
+    def cpu_ticks(self):
+        return proc_ticks(self.proc.pid)
+
+    def status_kb(self, field):
+        return proc_status_kb(self.proc.pid, field)
+
+    def stop(self):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def proc_status_kb(pid, field):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pipeline_env(data_dir, otlp_port, brokers, fsync, extra=None):
+    """keel's environment for the pipeline runs (what the report prints as the exact command)."""
+    env = {"KEEL_LOG_ACCESS": "off", "KEEL_DATA_DIR": data_dir,
+           "KEEL_OTLP_HTTP_LISTEN": "127.0.0.1:%d" % otlp_port, "KEEL_OTLP_GRPC_LISTEN": "",
+           "KEEL_KAFKA_BROKERS": brokers, "KEEL_BUFFER_FSYNC": fsync,
+           "KEEL_SHUTDOWN_FLUSH_TIMEOUT": "0s"}  # stop at once: the mock's data is thrown away
+    env.update(extra or {})
+    return env
+
+
+class PipelineKeel(Server):
+    """keel serve with its pipeline on private ports, a scratch data dir and a Kafka sink."""
+
+    def __init__(self, tmp, brokers, fsync, workers=2, extra=None):
+        self.port, self.otlp_port = free_port(), free_port()
+        self.data_dir = tempfile.mkdtemp(prefix="keel-data-", dir=tmp)
+        self.binary = os.path.join(BUILD, "keel")
+        self.argv = [self.binary, "serve", "--listen", "127.0.0.1:%d" % self.port,
+                     "--workers", str(workers)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEL_", "OTEL_"))}
+        self.env = pipeline_env(self.data_dir, self.otlp_port, brokers, fsync, extra)
+        env.update(self.env)
+        self.log_path = self.data_dir + ".log"
+        with open(self.log_path, "wb") as errf:
+            self.proc = subprocess.Popen(self.argv, env=env, stdout=errf, stderr=errf,
+                                         start_new_session=True)
+        try:
+            wait_port(self.port, self.proc)
+            wait_port(self.otlp_port, self.proc)
+        except RuntimeError as e:
+            raise RuntimeError("%s; keel's log: %s" % (e, self.log_tail()))
+
+    def log_tail(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-800:]
+        except OSError:
+            return ""
+
+    def metrics(self):
+        return scrape(self.port)
+
+    def stop(self):
+        Server.stop(self)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def otlp_load_argv(port, body, conns, seconds, warmup):
+    """keel-load, closed loop (max throughput): POST /v1/logs with the protobuf request `body`."""
+    return [os.path.join(BUILD, "keel-load"), "http://127.0.0.1:%d/v1/logs" % port,
+            "-m", "POST", "-H", "Content-Type: application/x-protobuf", "--body-file", body,
+            "-c", str(conns), "-r", "0", "-d", "%g" % seconds, "-w", "%g" % warmup, "--json"]
+
+
+def load_json(p, out, err):
+    if p.returncode not in (0, 1) or not out.strip():
+        raise RuntimeError("keel-load failed (%s): %s" % (p.returncode, err[-500:]))
+    return json.loads(out)
+
+
+# -- the input: otlp-logs-100.pb of bench/peers/otlp_gen.py, or an equivalent built here --
+
+def pb_varint(v):
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def pb_len(num, data):
+    return pb_varint(num << 3 | 2) + pb_varint(len(data)) + data
+
+
+def pb_str(num, s):
+    return pb_len(num, s.encode())
+
+
+def pb_int(num, v):
+    return pb_varint(num << 3) + pb_varint(v & (2 ** 64 - 1))
+
+
+def pb_fixed64(num, v):
+    return pb_varint(num << 3 | 1) + v.to_bytes(8, "little")
+
+
+def pb_attr(key, value):
+    """KeyValue{key, AnyValue{string or int}} as an `attributes` entry."""
+    any_ = pb_str(1, value) if isinstance(value, str) else pb_int(3, value)
+    return pb_str(1, key) + pb_len(2, any_)
+
+
+def otlp_logs_body(count=100):
+    """An ExportLogsServiceRequest like otlp_gen.py's (one resource and scope, `count` log records
+    of about 600 bytes each on the wire), encoded with the standard library: the smoke run and a
+    machine without bench/setup.sh need no protoc and no python3-protobuf."""
+    res = b"".join(pb_len(1, pb_attr(k, v)) for k, v in (
+        ("service.name", "checkout"), ("service.version", "2.14.3"),
+        ("service.instance.id", "checkout-7d9f8b6c5-x2k4q"),
+        ("host.name", "node-17.eu-west-1.internal"), ("deployment.environment", "production")))
+    scope = pb_str(1, "keel.bench.run") + pb_str(2, "1.0.0")
+    recs = b""
+    for i in range(count):
+        t = 1_700_000_000_000_000_000 + i * 1_000_003
+        h = lambda salt, n: (hashlib.sha256(b"%s/%d" % (salt, i)).digest() * 2)[:n]
+        body = ("record %d: GET /api/v1/orders/%d -> " % (i, i * 7919 % 100000) +
+                " ".join(("order", "payment", "cart", "cache", "retry", "upstream")[(i + k) % 6]
+                         for k in range(20)))[:140]
+        attrs = [("http.request.method", "GET"), ("http.route", "/api/v1/orders/{id}"),
+                 ("http.response.status_code", 200 + i % 3), ("client.address", "10.0.%d.%d" % (i % 7, i)),
+                 ("user_agent.original", "keel-bench/1.0 (linux; x86_64) client-%d" % (i % 7)),
+                 ("request.id", h(b"rid", 16).hex()), ("duration_ms", i * 37 % 1000),
+                 ("cache.hit", "yes" if i % 2 else "no"),
+                 ("log.logger", "com.example.checkout.OrderController"),
+                 ("thread.name", "worker-%d" % (i % 16))]
+        rec = (pb_fixed64(1, t) + pb_int(2, 9) + pb_str(3, "INFO") + pb_len(5, pb_str(1, body)) +
+               b"".join(pb_len(6, pb_attr(k, v)) for k, v in attrs) +
+               pb_varint(8 << 3 | 5) + (1).to_bytes(4, "little") +
+               pb_len(9, h(b"trace", 16)) + pb_len(10, h(b"span", 8)) + pb_fixed64(11, t + 250_000))
+        recs += pb_len(2, rec)
+    schema = "https://opentelemetry.io/schemas/1.24.0"
+    scope_logs = pb_len(1, scope) + recs + pb_str(3, schema)
+    resource_logs = pb_len(1, res) + pb_len(2, scope_logs) + pb_str(3, schema)
+    return pb_len(1, resource_logs)
+
+
+def pipeline_input(tmp):
+    """(path, description) of the OTLP logs request the end-to-end runs POST."""
+    path = os.path.join(PEERS, PIPELINE_INPUTS["logs"])
+    if os.path.exists(path):
+        return path, {"file": path, "bytes": os.path.getsize(path), "records": 100,
+                      "made_by": "bench/peers/otlp_gen.py (bench/setup.sh)"}
+    path = os.path.join(tmp, "otlp-logs-100-stdlib.pb")
+    with open(path, "wb") as f:
+        f.write(otlp_logs_body(100))
+    return path, {"file": path, "bytes": os.path.getsize(path), "records": 100,
+                  "made_by": "bench/run.py otlp_logs_body() (no bench/setup.sh output found)"}
+
+
+# -- end to end --
+
+def thread_ticks(pid):
+    """{thread name: CPU ticks} of a process, threads of the same name added."""
+    out = {}
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return out
+    for t in tids:
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, t)) as f:
+                s = f.read()
+        except OSError:
+            continue
+        name = s[s.index("(") + 1:s.rindex(")")]
+        fields = s.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0) + int(fields[11]) + int(fields[12])
+    return out
+
+
+def perf_top(data, sort, n):
+    p = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", sort,
+                        "--percent-limit", "0.7"], capture_output=True, text=True)
+    return [l.rstrip() for l in p.stdout.splitlines() if l.strip() and not l.startswith("#")][:n]
+
+
+def e2e_run(pc, body, fsync, conns, tmp, perf_data=None):
+    """One end-to-end measurement on a fresh mock cluster and a fresh keel (empty buffer).
+
+    keel-load runs closed loop for warm-up + window; over the window: keel's counters (records
+    accepted into the buffer, delivered to Kafka, buffer syncs), the pending records every second,
+    CPU of keel, the mock cluster and the generator, and the rest of the machine. After the load,
+    up to drain_max seconds of delivery alone (the sink's rate with nothing else to do). With
+    perf_data, `perf record` samples keel during the window (its figures are then not comparable)."""
+    seconds, warmup = pc["seconds"], pc["warmup"]
+    mock = KafkaMock()
+    srv = None
+    try:
+        srv = PipelineKeel(tmp, mock.bootstrap, fsync)
+        time.sleep(0.3)
+        argv = otlp_load_argv(srv.otlp_port, body, conns, seconds, warmup)
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(warmup)
+        m0 = srv.metrics()
+        k0, mk0, g0 = srv.cpu_ticks(), mock.cpu_ticks(), proc_ticks(p.pid)
+        th0 = thread_ticks(srv.proc.pid)
+        (t0, i0), w0 = cpu_times(), time.time()
+        rec = None
+        if perf_data:
+            rec = subprocess.Popen(["perf", "record", "-q", "-o", perf_data, "-p", str(srv.proc.pid), "--",
+                                    "sleep", "%g" % max(1, seconds - 1)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        series = [(0.0, mval(m0, "keel_pipeline_buffer_records"))]
+        end = w0 + max(0.1, seconds - 0.2)
+        while end - time.time() > 0.3:
+            time.sleep(min(1.0, end - time.time()))
+            series.append((time.time() - w0, mval(srv.metrics(), "keel_pipeline_buffer_records")))
+        time.sleep(max(0.0, end - time.time()))
+        m1 = srv.metrics()
+        k1, mk1, g1 = srv.cpu_ticks(), mock.cpu_ticks(), proc_ticks(p.pid)
+        th1 = thread_ticks(srv.proc.pid)
+        (t1, i1), w1 = cpu_times(), time.time()
+        wall = w1 - w0
+        if rec:
+            rec.wait(60)
+        series.append((wall, mval(m1, "keel_pipeline_buffer_records")))
+        out, err = p.communicate(timeout=seconds + warmup + 60)
+        r = load_json(p, out, err)
+        # delivery alone, once the load has stopped
+        t_end, d_end = time.time(), mval(srv.metrics(), "keel_pipeline_delivered_total", signal="logs")
+        pend_after = mval(m1, "keel_pipeline_buffer_records")
+        m2 = m1
+        while time.time() - t_end < pc["drain_max"]:
+            time.sleep(0.25)
+            m2 = srv.metrics()
+            if mval(m2, "keel_pipeline_buffer_records") == 0:
+                break
+        drained = mval(m2, "keel_pipeline_delivered_total", signal="logs") - d_end
+        peak_rss = srv.status_kb("VmHWM")
+    finally:
+        if srv:
+            srv.stop()
+        mock_rss = mock.status_kb("VmHWM")
+        mock.stop()
+    d = lambda name, **lab: mval(m1, name, **lab) - mval(m0, name, **lab)
+    acc = d("keel_pipeline_records_accepted_total", signal="logs") / wall
+    dlv = d("keel_pipeline_delivered_total", signal="logs") / wall
+    pend0, pend1 = series[0][1], series[-1][1]
+    growth = (pend1 - pend0) / wall
+    behind = growth > max(0.02 * acc, 1000)  # the buffer grows: Kafka delivery does not keep up
+    n200 = r["status"].get("200", 0)
+    ours = (k1 - k0) + (mk1 - mk0) + (g1 - g0)
+    busy_all = (t1 - t0) - (i1 - i0)
+    res = {
+        "fsync": fsync, "conns": conns, "seconds": seconds, "warmup": warmup,
+        "requests_per_s": r["achieved_rate"] * n200 / max(1, r["requests"]),
+        "requests": r["requests"], "status": r["status"], "non2xx": r["non2xx"], "errors": r["errors"],
+        "latency_us": {q: r["latency_us"][q] for q in ("p50", "p99", "p999", "max") if q in r["latency_us"]},
+        "records_accepted_per_s": acc, "records_delivered_per_s": dlv,
+        "sustained_per_s": dlv if behind else acc, "delivery_behind": behind,
+        "pending_records_start": pend0, "pending_records_end": pend1, "pending_growth_per_s": growth,
+        "pending_bytes_end": mval(m1, "keel_pipeline_buffer_pending_bytes"), "pending_series": series,
+        "rejected": d("keel_pipeline_records_rejected_total"),
+        "refused": {k.split('reason="')[1].split('"')[0]: v - m0.get(k, 0) for k, v in m1.items()
+                    if k.startswith("keel_pipeline_requests_refused_total{") and v - m0.get(k, 0) > 0},
+        "syncs_per_s": d("keel_pipeline_buffer_syncs_total") / wall,
+        "delivery_failures": d("keel_pipeline_delivery_failures_total"),
+        "after_load": {"pending_records": pend_after, "seconds": time.time() - t_end,
+                       "delivered": drained, "left": mval(m2, "keel_pipeline_buffer_records"),
+                       "records_per_s": drained / max(1e-9, min(time.time() - t_end, pc["drain_max"]))},
+        "keel_cpu_pct": 100.0 * (k1 - k0) / CLK_TCK / wall,
+        "mock_cpu_pct": 100.0 * (mk1 - mk0) / CLK_TCK / wall,
+        "gen_cpu_pct": 100.0 * (g1 - g0) / CLK_TCK / wall,
+        "other_load_pct": max(0.0, 100.0 * (busy_all - ours) / CLK_TCK / wall),
+        "keel_threads_cpu_pct": {n: 100.0 * (v - th0.get(n, 0)) / CLK_TCK / wall for n, v in th1.items()
+                                 if v - th0.get(n, 0) > 0},
+        "keel_peak_rss_kb": peak_rss, "mock_peak_rss_kb": mock_rss,
+        "delivered_total": mval(m2, "keel_pipeline_delivered_total", signal="logs"),
+        "accepted_total": mval(m2, "keel_pipeline_records_accepted_total", signal="logs"),
+        "argv": argv,
+    }
+    log("pipeline e2e fsync=%-6s c=%-3d %6.0f req/s, accepted %7.0f/s, delivered %7.0f/s%s, "
+        "p99 %.1f ms, keel %3.0f%% mock %3.0f%% gen %3.0f%% other %3.0f%%, RSS %d KiB"
+        % (fsync, conns, res["requests_per_s"], acc, dlv, " (behind)" if behind else "",
+           res["latency_us"].get("p99", 0) / 1000, res["keel_cpu_pct"], res["mock_cpu_pct"],
+           res["gen_cpu_pct"], res["other_load_pct"], peak_rss))
+    return res
+
+
+def quiet_enough(run_once, max_other, what):
+    """Runs `run_once` until the rest of the machine used at most max_other % of a core meanwhile
+    (5 tries); otherwise keeps the quietest try and flags it "busy"."""
+    tries = []
+    for _ in range(5):
+        r = run_once()
+        tries.append(r)
+        if r["other_load_pct"] <= max_other:
+            return r
+        log("  %s: other load %.0f%% of a core: again" % (what, r["other_load_pct"]))
+        time.sleep(2)
+    r = min(tries, key=lambda t: t["other_load_pct"])
+    r["busy"] = True
+    log("  %s: the machine stayed busy; kept the quietest run, flagged" % what)
+    return r
+
+
+def e2e_all(pc, body, tmp):
+    """Connections swept with the first fsync mode; the best count then measured `reps` times per
+    fsync mode (the sweep's run at that count is the first repetition), modes taking turns."""
+    fs0 = pc["fsync"][0]
+    sweep = [quiet_enough(lambda: e2e_run(pc, body, fs0, c, tmp), pc["max_other"], "e2e c=%d" % c)
+             for c in pc["conns"]]
+    best = max(sweep, key=lambda r: r["sustained_per_s"])["conns"]
+    modes = {fs: {"runs": [r for r in sweep if r["conns"] == best] if fs == fs0 else []}
+             for fs in pc["fsync"]}
+    for _ in range(pc["reps"]):
+        for fs in pc["fsync"]:
+            if len(modes[fs]["runs"]) < pc["reps"]:
+                modes[fs]["runs"].append(quiet_enough(lambda: e2e_run(pc, body, fs, best, tmp),
+                                                      pc["max_other"], "e2e %s" % fs))
+    res = {"conns": best, "sweep": sweep, "modes": modes}
+    if pc.get("profile") and shutil.which("perf"):
+        data = os.path.join(tmp, "perf.data")
+        r = e2e_run(pc, body, fs0, best, tmp, perf_data=data)
+        if os.path.exists(data):
+            res["profile"] = {"fsync": fs0, "conns": best, "seconds": max(1, pc["seconds"] - 1),
+                              "records_per_s": r["records_accepted_per_s"],
+                              "threads": r["keel_threads_cpu_pct"],
+                              "dso": perf_top(data, "dso", 8), "sym": perf_top(data, "comm,dso,sym", 30)}
+    return res
+
+
+# -- null sink --
+
+def run_concurrently(argvs, timeout=600):
+    """Runs the commands at once; each one's exit code, stdout, stderr, rusage and peak RSS, the
+    wall time, and the CPU the rest of the machine used meanwhile (% of one core). The peak RSS is
+    VmHWM read every 20 ms while it runs: ru_maxrss would keep this Python's size across the exec."""
+    (t0, i0), w0 = cpu_times(), time.time()
+    files = [(tempfile.TemporaryFile(), tempfile.TemporaryFile()) for _ in argvs]
+    procs = [subprocess.Popen(a, stdout=o, stderr=e) for a, (o, e) in zip(argvs, files)]
+    outs, deadline = [], time.time() + timeout
+    hwm = {p.pid: 0 for p in procs}
+    for p, (o, e) in zip(procs, files):
+        while True:
+            for q in procs:
+                if q.returncode is None:
+                    hwm[q.pid] = max(hwm[q.pid], proc_status_kb(q.pid, "VmHWM"))
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.time() > deadline:
+                p.kill()
+            time.sleep(0.02)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        o.seek(0)
+        e.seek(0)
+        outs.append((p.returncode, o.read().decode(errors="replace"), e.read().decode(errors="replace"),
+                     ru, hwm[p.pid]))
+        o.close()
+        e.close()
+    (t1, i1), w1 = cpu_times(), time.time()
+    cpu = sum(o[3].ru_utime + o[3].ru_stime for o in outs)
+    busy_all = ((t1 - t0) - (i1 - i0)) / CLK_TCK
+    return outs, w1 - w0, cpu, max(0.0, 100.0 * (busy_all - cpu) / max(1e-9, w1 - w0))
+
+
+def split_bench_path():
+    return os.path.join(BUILD, "bench", "split_bench")
+
+
+def split_bench_caps():
+    """Which options this split_bench has (its usage line): input, threads, seconds, json."""
+    p = subprocess.run([split_bench_path(), "--help"], capture_output=True, text=True, timeout=10)
+    usage = p.stdout + p.stderr
+    return {opt: "--" + opt in usage for opt in ("input", "threads", "seconds", "json", "iterations")}
+
+
+def parse_split_bench(out):
+    """records/s (and the rest) from split_bench's output: a JSON line, or its text line for logs."""
+    for line in reversed(out.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+        m = re.match(r"logs\s+request (\d+) bytes, (\d+) records, (\d+) iterations: ([\d.]+) s, "
+                     r"([\d.]+) records/s", line)
+        if m:
+            return {"request_bytes": int(m.group(1)), "records": int(m.group(2)) * int(m.group(3)),
+                    "seconds": float(m.group(4)), "records_per_s": float(m.group(5))}
+    raise RuntimeError("split_bench: no result in %r" % out[-300:])
+
+
+class NullSink:
+    """Argument vectors of the three null-sink programs for a mode: "pinned" (CPU 1, one thread)
+    or "two" (both cores: 2 threads unpinned; split_bench without --threads runs as two processes
+    pinned to CPU 0 and CPU 1 at once, their records/s added)."""
+
+    def __init__(self, pc, peers):
+        self.seconds = pc["null_seconds"]
+        self.pin = "1" if NCPU > 1 else "0"
+        self.input = os.path.join(PEERS, PIPELINE_INPUTS["logs"])
+        self.caps = split_bench_caps()
+        self.iterations = None
+        self.progs = ["keel"] + [p for p in peers
+                                 if os.access(os.path.join(PEERS, p + "-pipeline"), os.X_OK)]
+
+    def keel_argv(self, threads):
+        a = [split_bench_path(), "--signal", "logs"]
+        if self.caps["input"] and os.path.exists(self.input):
+            a += ["--input", self.input]
+        if self.caps["seconds"]:
+            a += ["--seconds", "%g" % self.seconds]
+        else:
+            if self.iterations is None:  # about `seconds` of work, from a short run
+                outs, _, _, _ = run_concurrently([["taskset", "-c", self.pin] + a + ["--iterations", "300"]])
+                if outs[0][0] != 0:
+                    raise RuntimeError("split_bench failed: %s" % outs[0][2][-300:])
+                rate = parse_split_bench(outs[0][1])["records_per_s"]
+                self.iterations = max(10, int(rate * self.seconds / 100))
+            a += ["--iterations", str(self.iterations)]
+        if threads > 1 and self.caps["threads"]:
+            a += ["--threads", str(threads)]
+        if self.caps["json"]:
+            a += ["--json"]
+        return a
+
+    def argvs(self, prog, mode):
+        threads = 1 if mode == "pinned" else 2
+        if prog == "keel":
+            a = self.keel_argv(threads)
+            if mode == "pinned":
+                return [["taskset", "-c", self.pin] + a]
+            if self.caps["threads"]:
+                return [a]
+            return [["taskset", "-c", str(c)] + a for c in range(min(2, NCPU))]
+        a = [os.path.join(PEERS, prog + "-pipeline"), "--input", self.input,
+             "--seconds", "%g" % self.seconds, "--threads", str(threads), "--signal", "logs"]
+        return [["taskset", "-c", self.pin] + a] if mode == "pinned" else [a]
+
+    def run(self, prog, mode):
+        argvs = self.argvs(prog, mode)
+        outs, wall, cpu, other = run_concurrently(argvs)
+        rs = []
+        for (rc, out, err, ru, hwm), argv in zip(outs, argvs):
+            if rc != 0:
+                raise RuntimeError("%s failed (%s): %s" % (" ".join(argv), rc, err[-300:]))
+            r = parse_split_bench(out) if prog == "keel" else json.loads(out.strip().splitlines()[-1])
+            if "max_rss_kb" in r:
+                r["self_reported_max_rss_kb"] = r["max_rss_kb"]
+            r["max_rss_kb"] = hwm or r.get("max_rss_kb", 0)
+            rs.append(r)
+        res = {"records_per_s": sum(r["records_per_s"] for r in rs), "processes": len(rs),
+               "max_rss_kb": max(r["max_rss_kb"] for r in rs), "cpu_s": cpu, "wall_s": wall,
+               "other_load_pct": other, "argv": argvs, "detail": rs}
+        log("pipeline null sink %-5s %-6s %9.0f records/s, %d KiB max RSS, other load %.0f%%"
+            % (prog, mode, res["records_per_s"], res["max_rss_kb"], other))
+        return res
+
+
+def nullsink_all(pc):
+    """Records/s of keel's split_bench and the Go and Rust peers, modes x repetitions, the
+    programs taking turns within a repetition."""
+    if not os.access(split_bench_path(), os.X_OK):
+        return {"skipped": "%s not built" % split_bench_path()}
+    ns = NullSink(pc, ("go", "rust") if pc["peers"] else ())
+    res = {"seconds": ns.seconds, "split_bench_options": ns.caps,
+           "keel_input": ns.input if ns.caps["input"] and os.path.exists(ns.input)
+           else "split_bench's built-in request (100 log records with ~600-byte bodies)",
+           "peers_input": ns.input, "programs": {p: {m: {"runs": []} for m in pc["null_modes"]} for p in ns.progs}}
+    if pc["peers"] and len(ns.progs) < 3:
+        res["peers_missing"] = "run bench/setup.sh %s to build the Go and Rust pipelines" % PEERS
+        log("pipeline: " + res["peers_missing"])
+    for mode in pc["null_modes"]:
+        for _ in range(pc["reps"]):
+            for prog in ns.progs:
+                res["programs"][prog][mode]["runs"].append(
+                    quiet_enough(lambda: ns.run(prog, mode), pc["max_other"], "null sink %s" % prog))
+    return res
+
+
+# -- Kafka down --
+
+def memory_run(pc, body, tmp):
+    """Kafka down (`down -1` on every broker) under closed-loop load until the buffer is full
+    (503), `hold` seconds more of it, one request of our own to read the 503's Retry-After; then
+    `up -1` and the time until the buffer is empty. keel's peak RSS (VmHWM) over all of it."""
+    mock = KafkaMock()
+    srv, p = None, None
+    res = {"buffer_max": pc["buffer_max"], "hold_s": pc["hold"]}
+    try:
+        srv = PipelineKeel(tmp, mock.bootstrap, "10ms", extra={"KEEL_BUFFER_MAX": pc["buffer_max"]})
+        time.sleep(1.0)  # the producer's first metadata round
+        mock.command("down -1")
+        argv = otlp_load_argv(srv.otlp_port, body, 32, pc["fill_max"] + pc["hold"] + 30, 0)
+        res["argv"] = argv
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while time.time() - t0 < pc["fill_max"]:
+            time.sleep(0.25)
+            m = srv.metrics()
+            if mval(m, "keel_pipeline_requests_refused_total", reason="buffer_full") > 0:
+                res["fill_s"] = time.time() - t0
+                break
+        res["rss_at_full_kb"] = srv.status_kb("VmRSS")
+        time.sleep(min(1.0, pc["hold"] / 2))
+        res["probe"] = otlp_probe(srv.otlp_port, body)
+        time.sleep(max(0.0, pc["hold"] - min(1.0, pc["hold"] / 2)))
+        p.send_signal(signal.SIGINT)  # keel-load stops scheduling and reports
+        out, err = p.communicate(timeout=60)
+        r = load_json(p, out, err)
+        p = None
+        m = srv.metrics()
+        res.update({"load_s": time.time() - t0, "requests": r["requests"], "status": r["status"],
+                    "errors": r["errors"], "non2xx": r["non2xx"],
+                    "refused": {k.split('reason="')[1].split('"')[0]: v for k, v in m.items()
+                                if k.startswith("keel_pipeline_requests_refused_total{") and v},
+                    "pending_records": mval(m, "keel_pipeline_buffer_records"),
+                    "pending_bytes": mval(m, "keel_pipeline_buffer_pending_bytes"),
+                    "peak_rss_down_kb": srv.status_kb("VmHWM"),
+                    "mock_peak_rss_kb": mock.status_kb("VmHWM")})
+        d0 = mval(m, "keel_pipeline_delivered_total", signal="logs")
+        mock.command("up -1")
+        t_up = time.time()
+        while time.time() - t_up < pc["up_max"]:
+            time.sleep(0.2)
+            m = srv.metrics()
+            if "first_delivery_s" not in res and mval(m, "keel_pipeline_delivered_total", signal="logs") > d0:
+                res["first_delivery_s"] = time.time() - t_up
+            if mval(m, "keel_pipeline_buffer_records") == 0:
+                res["drain_s"] = time.time() - t_up
+                break
+        res["drained"] = mval(m, "keel_pipeline_delivered_total", signal="logs") - d0
+        res["left_records"] = mval(m, "keel_pipeline_buffer_records")
+        res["drain_records_per_s"] = res["drained"] / max(1e-9, time.time() - t_up - res.get("first_delivery_s", 0))
+        res["peak_rss_kb"] = srv.status_kb("VmHWM")
+    finally:
+        if p:
+            p.kill()
+            p.wait()
+        if srv:
+            srv.stop()
+        mock.stop()
+    log("pipeline Kafka down: full after %s s, statuses %s, probe %s, peak RSS %d KiB, %d records "
+        "pending, drained in %s s"
+        % ("%.1f" % res["fill_s"] if "fill_s" in res else "never", res.get("status"), res.get("probe"),
+           res.get("peak_rss_kb", 0), res.get("pending_records", 0),
+           "%.1f" % res["drain_s"] if "drain_s" in res else "more than %d" % pc["up_max"]))
+    return res
+
+
+def otlp_probe(port, body):
+    """One POST /v1/logs of our own: its status and Retry-After header."""
+    with open(body, "rb") as f:
+        data = f.read()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("POST", "/v1/logs", body=data, headers={"Content-Type": "application/x-protobuf"})
+        resp = c.getresponse()
+        resp.read()
+        return {"status": resp.status, "retry_after": resp.getheader("Retry-After")}
+    finally:
+        c.close()
+
+
+def wait_quiet(what, limit=0.25, tries=30):
+    """Waits (up to tries x 7 s) for the machine to be under `limit` busy; its busy share."""
+    busy = machine_busy(2)
+    if busy > limit:
+        log("machine busy (%.0f%% of all CPUs) before the %s: waiting" % (100 * busy, what))
+        for _ in range(tries):
+            time.sleep(5)
+            busy = machine_busy(2)
+            if busy <= limit:
+                break
+        else:
+            raise SystemExit("refusing to benchmark: the machine stays busy (%.0f%%)" % (100 * busy))
+    return busy
+
+
+def pipeline_bench(level="full"):
+    """The telemetry pipeline's measurements (level full, quick or smoke; see PIPELINE_CFG)."""
+    pc = dict(PIPELINE_CFG[level])
+    for b in (os.path.join(BUILD, "keel"), os.path.join(BUILD, "keel-load"),
+              os.path.join(BUILD, "tools", "kafka_mock")):
+        if not os.access(b, os.X_OK):
+            raise SystemExit("%s missing: build first (cmake --build %s)" % (b, BUILD))
+    P = {"level": level, "config": pc, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    P["busy_before_pct"] = 100 * (machine_busy(1) if level == "smoke" else wait_quiet("pipeline runs"))
+    tmp = tempfile.mkdtemp(prefix="keel-pipeline-")
+    try:
+        body, P["input"] = pipeline_input(tmp)
+        P["kafka_mock"] = mock_argv()
+        P["e2e"] = e2e_all(pc, body, tmp)
+        P["nullsink"] = nullsink_all(pc)
+        if pc["memory"]:
+            P["memory"] = memory_run(pc, body, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    P["versions"] = {"keel": first_line([os.path.join(BUILD, "keel"), "version"]),
+                     "librdkafka": first_line(["pkg-config", "--modversion", "rdkafka"]),
+                     "go": first_line(["go", "version"]), "rustc": first_line(["/usr/bin/rustc", "--version"]),
+                     "kernel": platform.release(), "cpu": cpu_model()}
+    P["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return P
+
+
+# -- the report: the "Telemetry pipeline (issue 5)" section of benchmarks.md --
+
+PIPELINE_HEADING = "## Telemetry pipeline (issue 5)"
+NULL_LABEL = {"keel": "keel (kl_otlp_split, split_bench)", "go": "Go (google.golang.org/protobuf)",
+              "rust": "Rust (prost)"}
+
+
+def rmed(runs, key):
+    """(median, min, max) of runs[i][key]."""
+    vals = [r[key] for r in runs]
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def lat_med(runs, q):
+    vals = [r["latency_us"][q] for r in runs]
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def kfmt(t):
+    """(median, min, max) of records/s as '712k (690k..731k)'."""
+    return "%.0fk (%.0fk..%.0fk)" % tuple(x / 1000 for x in t)
+
+
+def shell_env(env):
+    return " ".join("%s=%s" % (k, v if v else "''") for k, v in env.items())
+
+
+def cmd_str(argv):
+    """A command line as the report shows it: paths relative to the repository, ports as <port>."""
+    out = []
+    for a in argv:
+        a = os.path.relpath(a, ROOT) if a.startswith(ROOT + os.sep) else a
+        a = re.sub(r"127\.0\.0\.1:\d+/", "127.0.0.1:<otlp port>/", a)
+        out.append("'%s'" % a if " " in a else a)
+    return " ".join(out)
+
+
+def pipeline_section(P, img_dir=None):
+    """The section's lines (markdown)."""
+    pc = P["config"]
+    e2e = P["e2e"]
+    L = [PIPELINE_HEADING + "\n"]
+    quick = {"quick": " (quick run: one repetition, short windows; `make bench` for the real figures)",
+             "smoke": " (smoke run: checks that the harness works, the figures mean nothing)"}
+    L.append("Written by `bench/run.py` (%s)%s.\n" % (P.get("cmdline", "make bench"), quick.get(P["level"], "")))
+    v = P["versions"]
+    L.append("- Date: %s to %s; load on the machine before: %.0f%%" % (P["started"], P["finished"],
+                                                                      P["busy_before_pct"]))
+    L.append("- Machine: %s, %d CPUs, kernel %s. Versions: %s; librdkafka %s; %s; %s"
+             % (v["cpu"], NCPU, v["kernel"], v["keel"], v["librdkafka"], v["go"], v["rustc"]))
+    inp = P["input"]
+    L.append("- Input: one OTLP `ExportLogsServiceRequest` of %d log records, %d bytes (%.0f per record), "
+             "made by %s." % (inp["records"], inp["bytes"], inp["bytes"] / inp["records"], inp["made_by"]))
+    L.append("- Figures are medians of %d repetition%s with (min..max); a run during which the rest of "
+             "the machine used more than %d%% of a core is repeated (up to 5 times; if it stays busy "
+             "the quietest is kept and flagged below)."
+             % (pc["reps"], "s" if pc["reps"] > 1 else "", pc["max_other"]))
+    L.append("")
+
+    # end to end
+    L.append("### End to end: OTLP/HTTP -> durable disk buffer -> Kafka\n")
+    r0 = e2e["sweep"][0]
+    L.append("Generator, keel and the mock cluster share the machine's %d cores, none pinned: keel runs "
+             "2 workers plus its syncer, its sink and librdkafka's threads, the mock cluster its own, "
+             "keel-load one thread; pinning any of them to one core would cap it there while the "
+             "others queue on the other, so the scheduler shares the cores. Each run starts a fresh "
+             "mock cluster and a fresh keel (empty buffer); keel-load drives `POST /v1/logs` closed loop "
+             "(every connection keeps one request in flight) for %gs of warm-up and a %gs window. "
+             "Records accepted (written to the buffer) and delivered (confirmed by Kafka, "
+             "`acks=all`, idempotent producer, one message per record) come from keel's counters "
+             "`keel_pipeline_records_accepted_total` and `keel_pipeline_delivered_total` over the "
+             "window; *sustained* is the accepted rate while the buffer's pending records stay flat, "
+             "and the delivered rate when they grow (delivery does not keep up). Then up to %gs of "
+             "delivery alone (no load) shows what the sink does by itself.\n"
+             % (NCPU, r0["warmup"], r0["seconds"], pc["drain_max"]))
+    L.append("```sh")
+    L.append(cmd_str(mock_argv()))
+    shown = {k: {"KEEL_KAFKA_BROKERS": "<bootstrap>", "KEEL_DATA_DIR": "<scratch dir>",
+                 "KEEL_OTLP_HTTP_LISTEN": "127.0.0.1:<otlp port>"}.get(k, v)
+             for k, v in pipeline_env("", 0, "", pc["fsync"][0]).items()}
+    L.append(shell_env(shown) + " " + cmd_str([os.path.join(BUILD, "keel"), "serve", "--listen",
+                                               "127.0.0.1:<port>", "--workers", "2"]))
+    L.append(cmd_str(e2e["modes"][pc["fsync"][0]]["runs"][0]["argv"]))
+    L.append("```\n")
+    L.append("(%skeel's other settings are its defaults: `otlp.ack: durable`, `buffer.max` 1GiB, "
+             "`buffer.memory` 64MiB, `kafka.linger` 5ms, lz4.)\n"
+             % ("and the same with `KEEL_BUFFER_FSYNC=%s`; " % "`, `".join(pc["fsync"][1:]) if len(pc["fsync"]) > 1 else ""))
+    L.append("| fsync | connections | req/s answered 200 | records accepted/s | records delivered/s "
+             "| sustained records/s | pending at end (records) | p50 (ms) | p99 (ms) | keel CPU % "
+             "| mock CPU % | keel-load CPU % | keel peak RSS (MiB) |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    def row(label, conns, runs):
+        L.append("| %s | %d | %s | %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %.0f |" % (
+            label, conns, fmt_range(rmed(runs, "requests_per_s")), kfmt(rmed(runs, "records_accepted_per_s")),
+            kfmt(rmed(runs, "records_delivered_per_s")), kfmt(rmed(runs, "sustained_per_s")),
+            rmed(runs, "pending_records_end")[0], fmt_range(lat_med(runs, "p50"), 0.001, 1),
+            fmt_range(lat_med(runs, "p99"), 0.001, 1), fmt_range(rmed(runs, "keel_cpu_pct")),
+            fmt_range(rmed(runs, "mock_cpu_pct")), fmt_range(rmed(runs, "gen_cpu_pct")),
+            max(r["keel_peak_rss_kb"] for r in runs) / 1024))
+    for fs, m in e2e["modes"].items():
+        row("`%s`" % fs, e2e["conns"], m["runs"])
+    if len(e2e["sweep"]) > 1:
+        for r in e2e["sweep"]:
+            row("`%s`, sweep" % r["fsync"], r["conns"], [r])
+    L.append("")
+    L.append("The connection count was swept with fsync `%s` (one run each, rows \"sweep\"); the best "
+             "(%d) was used for the repetitions." % (pc["fsync"][0], e2e["conns"]) if len(e2e["sweep"]) > 1 else
+             "One connection count (%d)." % e2e["conns"])
+    for fs, m in e2e["modes"].items():
+        runs = m["runs"]
+        al = [r["after_load"] for r in runs if r["after_load"]["pending_records"] > 50000]
+        extra = ""
+        if al:
+            extra = ("; with the load stopped, delivery alone ran at %s records/s"
+                     % kfmt(rmed(al, "records_per_s")))
+        th = {}
+        for r in runs:
+            for n, v in r.get("keel_threads_cpu_pct", {}).items():
+                th.setdefault(n, []).append(v)
+        th = sorted(((statistics.median(v), n) for n, v in th.items()), reverse=True)
+        L.append("- `%s`: %.0f buffer syncs/s, pending records grew by %s/s over the window%s%s. keel's CPU "
+                 "by thread (%% of a core): %s." % (
+                     fs, rmed(runs, "syncs_per_s")[0], kfmt(rmed(runs, "pending_growth_per_s")), extra,
+                     "; Kafka delivery failures: %d" % sum(r["delivery_failures"] for r in runs)
+                     if any(r["delivery_failures"] for r in runs) else "",
+                     ", ".join("%s %.0f" % (n, v) for v, n in th if v >= 1) or "-"))
+    L.append("")
+    L.append("Thread names: `keel` = the workers (HTTP parsing, decode, split, the buffer append) plus the "
+             "main and syncer threads; `keel-sink` reads the buffer and produces; `rdk:*` are "
+             "librdkafka's (`rdk:broker*` one per broker connection: framing, lz4, socket I/O).\n")
+    prof = e2e.get("profile")
+    if prof:
+        L.append("Where keel's time goes end to end (one more run, fsync `%s`, %d connections, under "
+                 "`perf record -p` for %gs, %.0fk records/s accepted meanwhile; by binary, then the "
+                 "top symbols by thread; `[k]` kernel, `[.]` user space):\n"
+                 % (prof["fsync"], prof["conns"], prof["seconds"], prof["records_per_s"] / 1000))
+        L.append("```")
+        L.extend(prof["dso"] + [""] + prof["sym"])
+        L.append("```\n")
+
+    # null sink
+    ns = P["nullsink"]
+    L.append("### Decode + split + re-encode into a null sink\n")
+    if "skipped" in ns:
+        L.append("Not measured: %s.\n" % ns["skipped"])
+    else:
+        two_keel = ("2 threads" if ns["split_bench_options"].get("threads") else
+                    "two processes at once, pinned to CPU 0 and CPU 1, records/s added")
+        L.append("Each program loops over one OTLP logs request (100 records): decode, split into one "
+                 "single-record request per record, encode each into a null sink. \"1 core\": pinned "
+                 "to CPU 1, one thread. \"2 cores\": Go and Rust with 2 threads unpinned; keel's "
+                 "split_bench as %s. keel's input: %s; Go's and Rust's: %s. Each run %gs.%s\n"
+                 % (two_keel, ns["keel_input"], os.path.relpath(ns["peers_input"], ROOT), ns["seconds"],
+                    "" if ns["keel_input"] == ns["peers_input"] else
+                    " **The inputs differ**: split_bench (which has no --input) builds a request whose "
+                    "records have ~600-byte bodies and 3 attributes, the peers' has ~140-byte bodies and "
+                    "10 attributes, and keel's checks cost per field, not per byte; keel's per-record "
+                    "CPU on the peers' input is the end-to-end figure above."))
+        L.append("```sh")
+        for prog, modes in ns["programs"].items():
+            for mode, m in modes.items():
+                argvs = m["runs"][0]["argv"]
+                L.append("   &   ".join(cmd_str(a) for a in argvs) + ("   # at once" if len(argvs) > 1 else ""))
+        L.append("```\n")
+        modes = list(next(iter(ns["programs"].values())).keys())
+        hdr = {"pinned": "1 core (CPU 1), records/s", "two": "2 cores, records/s"}
+        L.append("| program | " + " | ".join(hdr[m] for m in modes) + " | ns per record (1 core) | max RSS (KiB) |")
+        L.append("|---|" + "---|" * len(modes) + "---|---|")
+        for prog, pm in ns["programs"].items():
+            cells = [kfmt(rmed(pm[m]["runs"], "records_per_s")) for m in modes]
+            one = rmed(pm["pinned"]["runs"], "records_per_s")[0] if "pinned" in pm else 0
+            L.append("| %s | %s | %s | %d |" % (NULL_LABEL[prog], " | ".join(cells),
+                                                "%.0f" % (1e9 / one) if one else "-",
+                                                max(r["max_rss_kb"] for m in modes for r in pm[m]["runs"])))
+        L.append("")
+        if ns.get("peers_missing"):
+            L.append("Go and Rust not measured: %s.\n" % ns["peers_missing"])
+
+    # memory
+    mem = P.get("memory")
+    if mem:
+        L.append("### Memory with Kafka down\n")
+        L.append("keel with `KEEL_BUFFER_MAX=%s` (fsync `10ms`), every broker of the mock cluster down "
+                 "(`down -1`) a second after start, keel-load closed loop with 32 connections until the "
+                 "receiver refuses with 503 (buffer full) and %gs more; one request of our own reads the "
+                 "refusal's headers. Then `up -1`, no load, and the time until the buffer is empty.\n"
+                 % (mem["buffer_max"], mem["hold_s"]))
+        L.append("| buffer full after (s) | answers (status: count) | our request | pending at `up` "
+                 "| first delivery after (s) | drained in (s) | drain records/s | keel peak RSS (MiB) "
+                 "| mock peak RSS (MiB) |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        pr = mem.get("probe", {})
+        L.append("| %s | %s | %s%s | %.0f records, %.0f MiB | %s | %s | %s | %.0f | %.0f |" % (
+            "%.1f" % mem["fill_s"] if "fill_s" in mem else "never",
+            ", ".join("%s: %d" % kv for kv in sorted(mem.get("status", {}).items())),
+            pr.get("status", "-"), ", Retry-After: %s" % pr["retry_after"] if pr.get("retry_after") else ", no Retry-After",
+            mem.get("pending_records", 0), mem.get("pending_bytes", 0) / 2**20,
+            "%.1f" % mem["first_delivery_s"] if "first_delivery_s" in mem else "-",
+            "%.1f" % mem["drain_s"] if "drain_s" in mem else "> %d" % pc["up_max"],
+            "%.0fk" % (mem.get("drain_records_per_s", 0) / 1000),
+            mem.get("peak_rss_kb", 0) / 1024, mem.get("mock_peak_rss_kb", 0) / 1024))
+        L.append("")
+        L.append("\"Drain records/s\" counts from the first delivery: before it, librdkafka waits out "
+                 "its reconnect backoff (`reconnect.backoff.max.ms`, 10 s by default) to brokers that "
+                 "were down.\n")
+
+    # targets
+    L.append("### keel against the targets (issue 5)\n")
+    def line(ok, text, why=""):
+        L.append("- %s %s" % ("MET:" if ok else "MISSED:", text) + ("" if ok or not why else ". Why: " + why))
+    for fs, m in e2e["modes"].items():
+        runs = m["runs"]
+        sus = rmed(runs, "sustained_per_s")[0]
+        kc, gc, mc = (rmed(runs, k)[0] for k in ("keel_cpu_pct", "gen_cpu_pct", "mock_cpu_pct"))
+        behind = sum(r["delivery_behind"] for r in runs) * 2 > len(runs)
+        why = ("keel used %.0f%% CPU, keel-load %.0f%%, the mock cluster %.0f%% (of %d00%%): %.2f us of keel "
+               "CPU per record; to reach 700k/s with the CPU the generator and the mock cluster left it, keel would need <= %.2f us"
+               % (kc, gc, mc, NCPU, kc / 100 * 1e6 / max(1, sus), max(0.0, NCPU * 100 - gc - mc) / 100 * 1e6 / E2E_TARGET))
+        if behind:
+            why += ("; delivery did not keep up (pending grew by %.0fk records/s)"
+                    % (rmed(runs, "pending_growth_per_s")[0] / 1000))
+        line(sus >= E2E_TARGET, "end to end, fsync `%s`: %.0f records/s sustained (accepted %.0f, delivered "
+             "%.0f), target >= %d" % (fs, sus, rmed(runs, "records_accepted_per_s")[0],
+                                      rmed(runs, "records_delivered_per_s")[0], E2E_TARGET), why)
+    if "skipped" not in ns:
+        kp = ns["programs"]["keel"]
+        same_input = ("" if ns["keel_input"] == ns["peers_input"] else
+                      " (on split_bench's built-in request: a different input from the peers', see above)")
+        if "two" in kp:
+            two = rmed(kp["two"]["runs"], "records_per_s")[0]
+            one = rmed(kp["pinned"]["runs"], "records_per_s")[0] if "pinned" in kp else 0
+            line(two >= NULLSINK_TARGET, "decode + split + re-encode, 2 cores: %.0f records/s, target >= %d%s"
+                 % (two, NULLSINK_TARGET, same_input),
+                 "one core does %.0f records/s (%.0f ns per record); 1.4M/s on two needs <= %.0f ns"
+                 % (one, 1e9 / max(1, one), 2e9 / NULLSINK_TARGET) if one else "")
+        peers = [p for p in ("go", "rust") if p in ns["programs"]]
+        if peers:
+            for mode in [m for m in ("pinned", "two") if m in kp]:
+                k = rmed(kp[mode]["runs"], "records_per_s")[0]
+                L.append("- %s%s: keel %.0fk records/s, %s" % (same_input and "(different inputs) ",
+                    "1 core" if mode == "pinned" else "2 cores", k / 1000, ", ".join(
+                        "%s %.0fk (keel %.2fx)" % (p.capitalize() if p == "rust" else "Go",
+                                                 rmed(ns["programs"][p][mode]["runs"], "records_per_s")[0] / 1000,
+                                                 k / rmed(ns["programs"][p][mode]["runs"], "records_per_s")[0])
+                        for p in peers)))
+        if pc["peers"]:
+            line(len(peers) == 2, "the Go and Rust reference pipelines measured beside keel (null sink)",
+                 ns.get("peers_missing", ""))
+    peaks = [("end to end", max(r["keel_peak_rss_kb"] for m in e2e["modes"].values() for r in m["runs"]))]
+    if mem and "peak_rss_kb" in mem:
+        peaks.append(("Kafka down, buffer full, then draining", mem["peak_rss_kb"]))
+    worst = max(peaks, key=lambda t: t[1])
+    line(worst[1] <= RSS_TARGET_KB, "peak RSS %s, target <= 256 MiB" % ", ".join(
+        "%s %.0f MiB" % (w, kb / 1024) for w, kb in peaks), "the peak was in the run \"%s\"" % worst[0])
+    if mem:
+        st = mem.get("status", {})
+        ok = (mem.get("probe", {}).get("status") == 503 and bool(mem.get("probe", {}).get("retry_after"))
+              and set(st) <= {"200", "503"} and "503" in st)
+        line(ok, "with the buffer full the receiver answers 503 + Retry-After (statuses seen: %s; our "
+             "request: %s, Retry-After %s)" % (", ".join(sorted(st)) or "none", mem.get("probe", {}).get("status"),
+                                              mem.get("probe", {}).get("retry_after")),
+             "the buffer did not fill within %ds" % pc["fill_max"] if "fill_s" not in mem else "")
+        if "drain_s" in mem:
+            L.append("- After Kafka came back: %.0f pending records drained in %.1f s, the first delivered "
+                     "after %.1f s (%.0fk records/s from then)." % (mem["drained"], mem["drain_s"],
+                                                                  mem.get("first_delivery_s", 0),
+                                                                  mem["drain_records_per_s"] / 1000))
+    flagged = [("e2e %s c=%d" % (r["fsync"], r["conns"]), r["other_load_pct"])
+               for m in e2e["modes"].values() for r in m["runs"] if r.get("busy")]
+    if "skipped" not in ns:
+        flagged += [("null sink %s %s" % (p, mode), r["other_load_pct"])
+                    for p, pm in ns["programs"].items() for mode, m in pm.items() for r in m["runs"] if r.get("busy")]
+    if flagged:
+        L.append("\nRuns kept although the machine stayed busy: " + "; ".join(
+            "%s (other load %.0f%% of a core)" % f for f in flagged) + ".")
+    if img_dir and os.path.exists(os.path.join(img_dir, "pipeline.png")):
+        L.append("\n![pipeline records/s](img/pipeline.png)")
+    L.append("")
+    return L
+
+
+def pipeline_plot(P, img_dir):
+    """docs/img/pipeline.png: records/s of keel end to end and of the three null-sink programs."""
+    ns = P["nullsink"]
+    if not shutil.which("gnuplot") or "skipped" in ns:
+        return
+    os.makedirs(img_dir, exist_ok=True)
+    rows = []
+    for fs, m in P["e2e"]["modes"].items():
+        rows.append(("keel e2e, fsync %s" % fs, float("nan"), rmed(m["runs"], "sustained_per_s")[0]))
+    for prog, pm in ns["programs"].items():
+        rows.append(("%s null sink" % {"keel": "keel", "go": "Go", "rust": "Rust"}[prog],
+                     rmed(pm["pinned"]["runs"], "records_per_s")[0] if "pinned" in pm else float("nan"),
+                     rmed(pm["two"]["runs"], "records_per_s")[0] if "two" in pm else float("nan")))
+    with tempfile.NamedTemporaryFile("w", suffix=".dat", delete=False) as f:
+        for i, (label, one, two) in enumerate(rows):
+            f.write('%d "%s" %s %s\n' % (i, label, one / 1000, two / 1000))
+        dat = f.name
+    script = ("set terminal pngcairo size 900,540 noenhanced\nset grid\nset key left top\n"
+              "set output '%s/pipeline.png'\nset title 'OTLP logs records/s (k): end to end to Kafka, "
+              "and decode + split + re-encode into a null sink'\nset style data histograms\n"
+              "set style fill solid 0.8\nset ylabel 'k records/s'\nset yrange [0:*]\nset xtics rotate by -15\n"
+              "set datafile missing 'nan'\n"
+              "plot '%s' using 3:xtic(2) title '1 core (null sink)', '' using 4 title '2 cores', "
+              "%g with lines dt 2 title 'e2e target 700k', %g with lines dt 3 title 'null sink target 1.4M'\n"
+              % (img_dir, dat, E2E_TARGET / 1000, NULLSINK_TARGET / 1000))
+    subprocess.run(["gnuplot"], input=script, text=True, check=False)
+    os.unlink(dat)
+
+
+def pipeline_failures(P):
+    """What a smoke run refuses: requests that failed, records not delivered, a failed program."""
+    bad = []
+    for m in P["e2e"]["modes"].values():
+        for r in m["runs"]:
+            errs = sum(r["errors"].values())
+            if errs or r["non2xx"] or not r["requests"]:
+                bad.append("e2e %s: %d requests, %d errors, %d non-2xx" % (r["fsync"], r["requests"], errs, r["non2xx"]))
+            if not r["accepted_total"] or not r["delivered_total"]:
+                bad.append("e2e %s: %d records accepted, %d delivered" % (r["fsync"], r["accepted_total"],
+                                                                         r["delivered_total"]))
+    return bad
+
+
+def splice_section(md_path, lines):
+    """Puts the pipeline section into benchmarks.md in place of its previous version (or at the end)."""
+    old = ""
+    if os.path.exists(md_path):
+        with open(md_path) as f:
+            old = f.read()
+    section = "\n".join(lines).rstrip("\n") + "\n"
+    if not old:
+        new = "# keel benchmarks\n\n" + section
+    else:
+        start = old.find(PIPELINE_HEADING + "\n")
+        if start < 0:
+            new = old.rstrip("\n") + "\n\n" + section
+        else:
+            nxt = old.find("\n## ", start + len(PIPELINE_HEADING))
+            new = old[:start] + section + (old[nxt + 1:] if nxt >= 0 else "")
+    with open(md_path, "w") as f:
+        f.write(new)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -747,7 +1797,34 @@ def main():
     ap.add_argument("--pipeline-seconds", type=float, default=3.0, help="seconds per pipeline run (3)")
     ap.add_argument("--pipeline-reps", type=int, default=1, help="pipeline runs per measurement (1)")
     ap.add_argument("--pipeline-signals", default="logs,traces", help="logs,traces (both)")
+    ap.add_argument("--pipeline-only", action="store_true",
+                    help="only the telemetry pipeline part: JSON on stdout, its section of benchmarks.md")
+    ap.add_argument("--no-pipeline", action="store_true", help="only the HTTP part")
     a = ap.parse_args()
+    level = "smoke" if a.smoke else "quick" if a.quick else "full"
+    if a.pipeline_only:
+        out = a.out or os.path.join(ROOT, "docs")
+        os.makedirs(out, exist_ok=True)
+        P = pipeline_bench(level)
+        P["cmdline"] = "python3 bench/run.py --pipeline-only" + ("" if level == "full" else " --" + level)
+        print(json.dumps(P, indent=1))
+        img = os.path.join(out, "img")
+        pipeline_plot(P, img)
+        splice_section(os.path.join(out, "benchmarks.md"), pipeline_section(P, img))
+        jpath = os.path.join(out, "benchmarks.json")
+        try:
+            with open(jpath) as f:
+                whole = json.load(f)
+        except (OSError, ValueError):
+            whole = {}
+        whole["pipeline"] = P
+        with open(jpath, "w") as f:
+            json.dump(whole, f, indent=1)
+        log("wrote the pipeline section of %s" % os.path.join(out, "benchmarks.md"))
+        bad = pipeline_failures(P)
+        if bad and a.smoke:
+            raise SystemExit("pipeline: " + "; ".join(bad))
+        return
     if a.pipeline_peers_only:
         res = pipeline_peers(seconds=a.pipeline_seconds, reps=a.pipeline_reps,
                              signals=a.pipeline_signals.split(","))
@@ -781,6 +1858,8 @@ def main():
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         results["versions"] = versions()
+        if not a.no_pipeline:
+            results["pipeline"] = pipeline_bench(level)
         with open(os.path.join(out, "benchmarks.json"), "w") as f:
             json.dump(results, f, indent=1)
     img = os.path.join(out, "img")
@@ -789,9 +1868,14 @@ def main():
     if a.from_json:
         cmdline = results.get("cmdline", "make bench")
     results["cmdline"] = cmdline
+    if results.get("pipeline"):
+        results["pipeline"].setdefault("cmdline", cmdline)
+        pipeline_plot(results["pipeline"], img)
     report(results, os.path.join(out, "benchmarks.md"), img, cmdline)
     log("wrote %s" % os.path.join(out, "benchmarks.md"))
     bad = failed_requests(results)
+    if results.get("pipeline"):
+        bad += ["pipeline: " + b for b in pipeline_failures(results["pipeline"])]
     if bad and a.smoke:
         raise SystemExit("failed requests: " + "; ".join(bad))
 
