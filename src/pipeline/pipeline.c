@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "core/keys.h"
 #include "keel/keel.h"
 #include "keel/metrics.h"
 #include "obs/metrics.h"
@@ -29,6 +30,7 @@ static const char *const compressions[] = {"none", "gzip", "snappy", "lz4", "zst
 
 struct kl_pipeline {
   keel_server *srv;
+  kl_keyring *keys; /* otlp.api_keys; NULL: no check */
   kl_wal *wal;
   kl_sink *sink;
   kl_otlp_opts split;
@@ -314,6 +316,15 @@ out:
   return rc;
 }
 
+int kl_pipeline_auth(const kl_pipeline *p, const char *authorization, size_t alen,
+                     const char *x_api_key, size_t xlen) {
+  if (!p->keys) return 1;
+  const char *key;
+  size_t len;
+  if (!kl_key_from_headers(authorization, alen, x_api_key, xlen, &key, &len)) return 0;
+  return kl_keyring_check(p->keys, key, len);
+}
+
 uint32_t kl_pipeline_retry_after(int ingest_error) {
   return ingest_error == KL_INGEST_FULL ? 5 : 1;
 }
@@ -499,6 +510,13 @@ kl_pipeline *kl_pipeline_start(const keel_config *cfg, keel_server *srv, kl_metr
   snprintf(p->topic[KL_SIG_METRICS], sizeof p->topic[0], "%s", cfg->kafka_topic_metrics);
   snprintf(p->dir_buffer, sizeof p->dir_buffer, "%s/buffer", cfg->data_dir);
   snprintf(p->dir_out, sizeof p->dir_out, "%s/out", cfg->data_dir);
+  if (cfg->otlp_api_keys[0]) {
+    char ke[320];
+    if (!(p->keys = kl_keyring_load(cfg->otlp_api_keys, ke, sizeof ke))) {
+      snprintf(err, errlen, "otlp.api_keys: %s", ke);
+      goto fail;
+    }
+  }
   int rc = mkdirs(p->dir_buffer);
   if (rc) {
     snprintf(err, errlen, "data_dir: cannot create %s: %s", p->dir_buffer, strerror(-rc));
@@ -559,6 +577,7 @@ kl_pipeline *kl_pipeline_start(const keel_config *cfg, keel_server *srv, kl_metr
   return p;
 fail:
   if (p->wal) kl_wal_close(p->wal);
+  kl_keyring_free(p->keys);
   pthread_mutex_destroy(&p->watch_lock);
   free(p);
   return NULL;
@@ -578,6 +597,7 @@ void kl_pipeline_stop(kl_pipeline *p) {
   keel_log(p->srv, left || st.written != st.committed ? KEEL_LOG_WARN : KEEL_LOG_INFO,
            "pipeline stopped", "undelivered_in_flight", l, "pending_bytes", pend, NULL);
   kl_wal_close(p->wal);
+  kl_keyring_free(p->keys);
   pthread_mutex_destroy(&p->watch_lock);
   free(p);
 }

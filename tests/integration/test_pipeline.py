@@ -227,5 +227,39 @@ def test_sigkill_loses_nothing_acknowledged():
         shutil.rmtree(data, ignore_errors=True)
 
 
+def test_api_keys():
+    tmp = tempfile.mkdtemp(prefix="keel-keys-")
+    try:
+        with open(os.path.join(tmp, "team-a"), "w") as f:
+            f.write("# rotated 2026-11\nsecret-key-A\n")
+        with open(os.path.join(tmp, "team-b"), "w") as f:
+            f.write("secret-key-B\n")
+        with Keel(env={"KEEL_OTLP_API_KEYS": tmp}) as k:
+            req = g.logs_request([1])
+            st, h, body = post(k, "/v1/logs", req)
+            assert st == 401 and h.get("www-authenticate", "").startswith("Bearer"), (st, h)
+            assert body[:2] == b"\x08\x10", body  # google.rpc.Status code 16 UNAUTHENTICATED
+            st, _, _ = post(k, "/v1/logs", req, headers={"Authorization": "Bearer wrong"})
+            assert st == 401
+            st, _, _ = post(k, "/v1/logs", req, headers={"Authorization": "Bearer secret-key-A"})
+            assert st == 200
+            st, _, _ = post(k, "/v1/logs", g.logs_request([2]), headers={"X-API-Key": "secret-key-B"})
+            assert st == 200
+            assert sorted(g.seq_of_json_record(o) for o in records(k, "logs", 2)) == [1, 2]
+            assert metric(k, "keel_pipeline_requests_refused_total", signal="logs",
+                          reason="unauthorized") == 2
+            r, _ = request(k, get("/metrics"))
+            assert b"secret-key" not in r.body
+            assert not any("secret-key" in l for l in k.lines), "a key was logged"
+        st = Keel(env={"KEEL_OTLP_API_KEYS": os.path.join(tmp, "nope")})
+        try:
+            st.start()
+            raise AssertionError("keel started with an unreadable key file")
+        except AssertionError as e:
+            assert "otlp.api_keys" in str(e), e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 if __name__ == "__main__":
     Suite().run(globals())
