@@ -11,4 +11,10 @@
  */
 size_t kl_utf8_seq(const unsigned char *s, size_t n);
 
+/**
+ * Any thread. 1 when s[0, n) is all valid UTF-8 (by kl_utf8_seq's rules), else 0.
+ * Runs of ASCII are checked eight bytes at a time.
+ */
+int kl_utf8_valid(const unsigned char *s, size_t n);
+
 #endif

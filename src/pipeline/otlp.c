@@ -177,7 +177,7 @@ static void reject(split *s, size_t offset, const char *what, const char *why) {
 static int next(split *s, kl_pb *r, kl_pb_field *f, view *raw, const char *what) {
   kl_pb_error pe;
   raw->p = r->p;
-  int rc = kl_pb_next(r, f, &pe);
+  int rc = kl_pb_read(r, f, &pe);
   if (rc < 0) {
     set_error(s->res, pe.offset, "%s: %s", what, pe.msg);
     return -EBADMSG;
@@ -193,22 +193,9 @@ static int want(split *s, const kl_pb_field *f, const view *raw, uint8_t wt, con
   return -EBADMSG;
 }
 
-static int utf8_ok(const uint8_t *p, size_t n) {
-  for (size_t i = 0; i < n;) {
-    if (p[i] < 0x80) {
-      i++;
-      continue;
-    }
-    size_t k = kl_utf8_seq(p + i, n - i);
-    if (!k) return 0;
-    i += k;
-  }
-  return 1;
-}
-
 static int want_string(split *s, const kl_pb_field *f, const view *raw, const char *what) {
   int rc = want(s, f, raw, KL_PB_LEN, what);
-  if (rc || s->pass != 1 || utf8_ok(f->data, f->len)) return rc;
+  if (rc || s->pass != 1 || kl_utf8_valid(f->data, f->len)) return rc;
   set_error(s->res, off(s, f->data), "%s: field %" PRIu32 " is not UTF-8", what, f->num);
   return -EBADMSG;
 }
@@ -409,7 +396,7 @@ static void any_key(split *s, const uint8_t *p, size_t n) {
   int len = -1;
   kl_pb_init(&r, p, n);
   s->rkey = (view){NULL, 0};
-  while (kl_pb_next(&r, &f, NULL) == 1) { /* a oneof: the last member read wins */
+  while (kl_pb_read(&r, &f, NULL) == 1) { /* a oneof: the last member read wins */
     len = -1;
     if (f.num == F_ANY_STRING && f.wt == KL_PB_LEN)
       s->rkey = (view){f.data, f.len};
@@ -433,11 +420,11 @@ static void resource_key(split *s, const uint8_t *p, size_t n) {
   kl_pb r, kv;
   kl_pb_field f, g;
   kl_pb_init(&r, p, n);
-  while (kl_pb_next(&r, &f, NULL) == 1) {
+  while (kl_pb_read(&r, &f, NULL) == 1) {
     if (f.num != 1 || f.wt != KL_PB_LEN) continue; /* Resource.attributes */
     view key = {NULL, 0}, val = {NULL, 0};
     kl_pb_sub(&r, &f, &kv);
-    while (kl_pb_next(&kv, &g, NULL) == 1) {
+    while (kl_pb_read(&kv, &g, NULL) == 1) {
       if (g.wt != KL_PB_LEN) continue;
       if (g.num == 1) key = (view){g.data, g.len}; /* KeyValue.key */
       if (g.num == 2) val = (view){g.data, g.len}; /* KeyValue.value */
@@ -455,28 +442,26 @@ static void resource_key(split *s, const uint8_t *p, size_t n) {
 static int record(split *s, const kl_pb *r, const kl_pb_field *f, view raw,
                   const kl_otlp_desc *d, int depth) {
   kl_pb_error pe;
-  if (kl_otlp_check_sub(d, r, f, depth, &pe)) {
+  /* the check hands back the record's ids (checked: 16 or 8 bytes, or empty; the last
+   * occurrence counts), so the record is read once */
+  kl_otlp_grab ids = {{0, 0}, {{NULL, 0}, {NULL, 0}}};
+  if (s->sig == KL_SIG_TRACES) {
+    ids.num[0] = F_SPAN_TRACE_ID;
+    ids.num[1] = F_SPAN_SPAN_ID;
+  } else if (s->sig == KL_SIG_LOGS) {
+    ids.num[0] = F_LOG_TRACE_ID;
+  }
+  if (kl_otlp_check_grab(d, r, f, depth, &ids, &pe)) {
     reject(s, pe.offset, d->name, pe.msg);
     return 0;
   }
   view key = s->rkey;
-  if (s->sig != KL_SIG_METRICS) {
-    /* ids were checked above (16 or 8 bytes, or empty); the last occurrence counts */
-    view tid = {NULL, 0}, sid = {NULL, 0};
-    uint32_t tnum = s->sig == KL_SIG_TRACES ? F_SPAN_TRACE_ID : F_LOG_TRACE_ID;
-    kl_pb rr;
-    kl_pb_field g;
-    kl_pb_sub(r, f, &rr);
-    while (kl_pb_next(&rr, &g, NULL) == 1) {
-      if (g.num == tnum && g.wt == KL_PB_LEN) tid = (view){g.data, g.len};
-      if (g.num == F_SPAN_SPAN_ID && g.wt == KL_PB_LEN) sid = (view){g.data, g.len};
-    }
-    if (s->sig == KL_SIG_TRACES && (!tid.n || !sid.n)) {
-      reject(s, off(s, raw.p), d->name, tid.n ? "span id is empty" : "trace id is empty");
-      return 0;
-    }
-    if (tid.n) key = hex_key(s, tid.p, tid.n);
+  view tid = {ids.id[0].p, ids.id[0].n}, sid = {ids.id[1].p, ids.id[1].n};
+  if (s->sig == KL_SIG_TRACES && (!tid.n || !sid.n)) {
+    reject(s, off(s, raw.p), d->name, tid.n ? "span id is empty" : "trace id is empty");
+    return 0;
   }
+  if (tid.n) key = hex_key(s, tid.p, tid.n);
   return add_record(s, raw, key);
 }
 

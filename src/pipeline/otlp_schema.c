@@ -21,7 +21,9 @@
 #define REP KL_OTLP_REPEATED
 #define PACKED (KL_OTLP_REPEATED | KL_OTLP_PACKED)
 #define DESC(var, pname, arr)                                                                      \
-  const kl_otlp_desc var = {(pname), (arr), (uint32_t)(sizeof(arr) / sizeof((arr)[0]))}
+  static uint8_t var##_index[KL_OTLP_INDEX_LEN];                                                   \
+  const kl_otlp_desc var = {(pname), (arr), (uint32_t)(sizeof(arr) / sizeof((arr)[0])),           \
+                            var##_index}
 
 /* ---- enums (value names, for OTLP/JSON input that spells them out) ---- */
 
@@ -394,25 +396,51 @@ const kl_otlp_desc *kl_otlp_response_desc(kl_signal sig) {
   }
 }
 
-const kl_otlp_field *kl_otlp_field_find(const kl_otlp_desc *d, uint32_t num) {
-  /* At most 16 fields: a linear scan beats anything cleverer. */
+/*
+ * The check looks up every field it reads, so each descriptor has a direct index by field
+ * number. C cannot compute it from the field table at compile time; a constructor fills it
+ * before main, walking every descriptor reachable from the requests and responses (that is
+ * all of them). Numbers beyond the index (none in OTLP today) are searched.
+ */
+static void index_build(const kl_otlp_desc *d) {
+  if (d->index[0]) return; /* done (descriptors refer to each other, AnyValue in a cycle) */
+  d->index[0] = 1;
+  for (uint32_t i = 0; i < d->nfields; i++) {
+    if (d->fields[i].num < KL_OTLP_INDEX_LEN) d->index[d->fields[i].num] = (uint8_t)(i + 1);
+    if (d->fields[i].msg) index_build(d->fields[i].msg);
+  }
+}
+
+__attribute__((constructor)) static void index_init(void) {
+  for (int sig = 0; sig < KL_SIG_COUNT; sig++) {
+    index_build(kl_otlp_request_desc((kl_signal)sig));
+    index_build(kl_otlp_response_desc((kl_signal)sig));
+  }
+}
+
+static inline const kl_otlp_field *field_find(const kl_otlp_desc *d, uint32_t num) {
+  if (num - 1 < KL_OTLP_INDEX_LEN - 1) { /* 1 .. KL_OTLP_INDEX_LEN - 1 */
+    unsigned k = d->index[num];
+    return k ? &d->fields[k - 1] : NULL;
+  }
   for (uint32_t i = 0; i < d->nfields; i++)
-    if (d->fields[i].num == num) return &d->fields[i];
+    if (num && d->fields[i].num == num) return &d->fields[i];
   return NULL;
 }
 
+const kl_otlp_field *kl_otlp_field_find(const kl_otlp_desc *d, uint32_t num) {
+  return field_find(d, num);
+}
+
+/* Wire type of a single value of each kind: a table, as the check asks for every field. */
+static const uint8_t wire_of_kind[] = {
+    [KL_OTLP_FIXED32] = KL_PB_I32, [KL_OTLP_FIXED64] = KL_PB_I64, [KL_OTLP_SFIXED64] = KL_PB_I64,
+    [KL_OTLP_DOUBLE] = KL_PB_I64,  [KL_OTLP_STRING] = KL_PB_LEN,  [KL_OTLP_BYTES] = KL_PB_LEN,
+    [KL_OTLP_ID] = KL_PB_LEN,      [KL_OTLP_MESSAGE] = KL_PB_LEN, /* others: KL_PB_VARINT (0) */
+};
+
 uint8_t kl_otlp_wire_type(uint8_t kind) {
-  switch (kind) {
-  case KL_OTLP_FIXED32: return KL_PB_I32;
-  case KL_OTLP_FIXED64:
-  case KL_OTLP_SFIXED64:
-  case KL_OTLP_DOUBLE: return KL_PB_I64;
-  case KL_OTLP_STRING:
-  case KL_OTLP_BYTES:
-  case KL_OTLP_ID:
-  case KL_OTLP_MESSAGE: return KL_PB_LEN;
-  default: return KL_PB_VARINT;
-  }
+  return kind < sizeof wire_of_kind ? wire_of_kind[kind] : KL_PB_VARINT;
 }
 
 /* ---- the check ---- */
@@ -423,20 +451,6 @@ static int bad(const uint8_t *base, const uint8_t *at, const char *msg, kl_pb_er
     err->msg = msg;
   }
   return -EBADMSG;
-}
-
-static int utf8_ok(const uint8_t *s, size_t n) {
-  size_t i = 0;
-  while (i < n) {
-    if (s[i] < 0x80) {
-      i++;
-      continue;
-    }
-    size_t k = kl_utf8_seq(s + i, n - i);
-    if (!k) return 0;
-    i += k;
-  }
-  return 1;
 }
 
 /* A packed run must be whole values: varints that end inside it, or a multiple of the width. */
@@ -452,46 +466,85 @@ static int packed_ok(uint8_t wt, const uint8_t *p, size_t n) {
   return digits == 0;
 }
 
-static int check(const kl_otlp_desc *d, kl_pb *r, int depth, kl_pb_error *err) {
+/*
+ * The check walks the whole tree with one reader and an explicit stack instead of recursing:
+ * an OTLP record is mostly small messages (each attribute a KeyValue holding an AnyValue),
+ * and a call per message cost more than reading its fields. Entering a sub-message narrows
+ * the reader to its bytes and saves the parent's descriptor and end; when the sub-message
+ * ends the reader already stands where the parent continues, right after it. `grab` (may be
+ * NULL) receives the last occurrence of two top-level fields, for the splitter's keys.
+ */
+static int check(const kl_otlp_desc *d, kl_pb *r, int depth, kl_otlp_grab *grab,
+                 kl_pb_error *err) {
   if (depth > KL_OTLP_DEPTH_MAX) return bad(r->base, r->p, "messages nested too deep", err);
+  struct {
+    const kl_otlp_desc *d;
+    const uint8_t *end;
+  } up[KL_OTLP_DEPTH_MAX]; /* the enclosing messages: depth < KL_OTLP_DEPTH_MAX each */
+  size_t top = 0;
   kl_pb_field f;
-  int rc;
-  const uint8_t *at = r->p;
-  while ((rc = kl_pb_next(r, &f, err)) == 1) {
-    const kl_otlp_field *fd = kl_otlp_field_find(d, f.num);
-    if (fd) {
-      uint8_t want = kl_otlp_wire_type(fd->kind);
-      if (f.wt != want) {
-        if (!(fd->flags & KL_OTLP_PACKED) || f.wt != KL_PB_LEN)
-          return bad(r->base, at, "wrong wire type for a known field", err);
-        if (!packed_ok(want, f.data, f.len))
-          return bad(r->base, f.data, "packed field does not hold whole values", err);
-      } else if (fd->kind == KL_OTLP_STRING) {
-        if (!utf8_ok(f.data, f.len)) return bad(r->base, f.data, "string is not UTF-8", err);
-      } else if (fd->kind == KL_OTLP_ID) {
-        if (f.len != 0 && f.len != fd->id_len)
-          return bad(r->base, f.data,
-                     fd->id_len == 16 ? "trace id is not 16 bytes" : "span id is not 8 bytes", err);
-      } else if (fd->kind == KL_OTLP_MESSAGE) {
-        kl_pb sub;
-        kl_pb_sub(r, &f, &sub);
-        if (check(fd->msg, &sub, depth + 1, err)) return -EBADMSG;
-      }
+  for (;;) {
+    const uint8_t *at = r->p;
+    int rc = kl_pb_read(r, &f, err);
+    if (rc < 0) return rc;
+    if (rc == 0) { /* the end of this message: back to its parent, or done */
+      if (top == 0) return 0;
+      top--;
+      d = up[top].d;
+      r->end = up[top].end;
+      depth--;
+      continue;
     }
-    at = r->p;
+    const kl_otlp_field *fd = field_find(d, f.num);
+    if (!fd) continue; /* unknown: skipped (kl_pb checked its wire format) */
+    uint8_t want = kl_otlp_wire_type(fd->kind);
+    if (f.wt != want) {
+      if (!(fd->flags & KL_OTLP_PACKED) || f.wt != KL_PB_LEN)
+        return bad(r->base, at, "wrong wire type for a known field", err);
+      if (!packed_ok(want, f.data, f.len))
+        return bad(r->base, f.data, "packed field does not hold whole values", err);
+    } else if (fd->kind == KL_OTLP_STRING) {
+      if (!kl_utf8_valid(f.data, f.len)) return bad(r->base, f.data, "string is not UTF-8", err);
+    } else if (fd->kind == KL_OTLP_ID) {
+      if (f.len != 0 && f.len != fd->id_len)
+        return bad(r->base, f.data,
+                   fd->id_len == 16 ? "trace id is not 16 bytes" : "span id is not 8 bytes", err);
+      if (grab && top == 0) {
+        for (size_t i = 0; i < 2; i++)
+          if (f.num == grab->num[i]) grab->id[i] = (kl_otlp_view){f.data, f.len};
+      }
+    } else if (fd->kind == KL_OTLP_MESSAGE) {
+      /* with depth >= 1 the first test implies top < KL_OTLP_DEPTH_MAX; the second keeps
+       * the stack in bounds for a caller that starts below 1 */
+      if (depth + 1 > KL_OTLP_DEPTH_MAX || top == KL_OTLP_DEPTH_MAX)
+        return bad(r->base, f.data, "messages nested too deep", err);
+      up[top].d = d;
+      up[top].end = r->end;
+      top++;
+      d = fd->msg;
+      r->p = f.data;
+      r->end = f.data + f.len;
+      depth++;
+    }
   }
-  return rc;
 }
 
 int kl_otlp_check(const kl_otlp_desc *d, const uint8_t *p, size_t n, int depth, kl_pb_error *err) {
   kl_pb r;
   kl_pb_init(&r, p, n);
-  return check(d, &r, depth, err);
+  return check(d, &r, depth, NULL, err);
 }
 
 int kl_otlp_check_sub(const kl_otlp_desc *d, const kl_pb *r, const kl_pb_field *f, int depth,
                       kl_pb_error *err) {
   kl_pb sub;
   kl_pb_sub(r, f, &sub);
-  return check(d, &sub, depth, err);
+  return check(d, &sub, depth, NULL, err);
+}
+
+int kl_otlp_check_grab(const kl_otlp_desc *d, const kl_pb *r, const kl_pb_field *f, int depth,
+                       kl_otlp_grab *grab, kl_pb_error *err) {
+  kl_pb sub;
+  kl_pb_sub(r, f, &sub);
+  return check(d, &sub, depth, grab, err);
 }

@@ -64,11 +64,17 @@ typedef struct kl_otlp_field {
   const kl_otlp_enum *enums;      /**< KL_OTLP_ENUM: value names, or NULL */
 } kl_otlp_field;
 
+/** Field numbers below this are looked up by direct index (all of OTLP's are, today). */
+#define KL_OTLP_INDEX_LEN 32
+
 /** A message: its name and fields (by increasing number). */
 typedef struct kl_otlp_desc {
   const char *name;
   const kl_otlp_field *fields;
   uint32_t nfields;
+  /** Field number -> 1 + its position in `fields`, 0 when unknown: the check looks up every
+   * field it reads. Filled once at program start (otlp_schema.c); [0] marks it filled. */
+  uint8_t *index;
 } kl_otlp_desc;
 
 /** Most fields any OTLP message has (Span: 16). Sizes per-message scratch in transcoders. */
@@ -88,8 +94,8 @@ uint8_t kl_otlp_wire_type(uint8_t kind);
  * level of this message: 1 for an Export*ServiceRequest, 4 for a LogRecord, Span or Metric
  * inside one (request > Resource* > Scope* > record), and so on. Unknown fields are skipped
  * (their wire format is still checked by kl_pb). Returns 0, or -EBADMSG with `err` (may be
- * NULL): a static message and the offset from p. Any thread; no allocation; recursion
- * bounded by KL_OTLP_DEPTH_MAX.
+ * NULL): a static message and the offset from p. Any thread; no allocation; no recursion
+ * (an explicit stack of KL_OTLP_DEPTH_MAX levels).
  */
 int kl_otlp_check(const kl_otlp_desc *d, const uint8_t *p, size_t n, int depth, kl_pb_error *err);
 
@@ -100,6 +106,26 @@ int kl_otlp_check(const kl_otlp_desc *d, const uint8_t *p, size_t n, int depth, 
  */
 int kl_otlp_check_sub(const kl_otlp_desc *d, const kl_pb *r, const kl_pb_field *f, int depth,
                       kl_pb_error *err);
+
+/** A view of input bytes. */
+typedef struct kl_otlp_view {
+  const uint8_t *p;
+  size_t n;
+} kl_otlp_view;
+
+/** Id fields a record check hands back: set `num` (0: none), the views start empty. */
+typedef struct kl_otlp_grab {
+  uint32_t num[2];     /**< field numbers of KL_OTLP_ID fields of the checked message itself */
+  kl_otlp_view id[2];  /**< their last occurrence, as protobuf reads it; empty when absent */
+} kl_otlp_grab;
+
+/**
+ * kl_otlp_check_sub() that also returns the id fields numbered grab->num[] of the checked
+ * message (not of its sub-messages) in grab->id[]: the splitter's keys without reading the
+ * record a second time. Only meaningful when it returns 0.
+ */
+int kl_otlp_check_grab(const kl_otlp_desc *d, const kl_pb *r, const kl_pb_field *f, int depth,
+                       kl_otlp_grab *grab, kl_pb_error *err);
 
 /** The Export*ServiceRequest descriptor of a signal (NULL for an invalid signal). */
 const kl_otlp_desc *kl_otlp_request_desc(kl_signal sig);

@@ -28,6 +28,11 @@ static int fail(const kl_pb *r, const uint8_t *at, const char *msg, kl_pb_error 
  * than the 64th bit (which also refuses varints longer than ten bytes).
  */
 static int varint(kl_pb *r, uint64_t *out, kl_pb_error *err) {
+  /* Most varints (keys, lengths, small values) are one byte: no loop for them. */
+  if (r->p != r->end && *r->p < 0x80) {
+    *out = *r->p++;
+    return 0;
+  }
   const uint8_t *start = r->p;
   uint64_t v = 0;
   for (unsigned i = 0;; i++) {

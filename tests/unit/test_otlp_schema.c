@@ -107,6 +107,13 @@ static void test_tables_consistent(void **state) {
       if (f->flags & KL_OTLP_PACKED) assert_true(kl_otlp_wire_type(f->kind) != KL_PB_LEN);
       assert_ptr_equal(kl_otlp_field_find(d, f->num), f);
     }
+    /* numbers not in the table are unknown, through the index and beyond it */
+    for (uint32_t num = 0; num < 2 * KL_OTLP_INDEX_LEN; num++) {
+      int known = 0;
+      for (uint32_t k = 0; k < d->nfields; k++) known |= d->fields[k].num == num;
+      if (!known) assert_null(kl_otlp_field_find(d, num));
+    }
+    assert_null(kl_otlp_field_find(d, KL_PB_FIELD_MAX));
   }
   assert_ptr_equal(kl_otlp_request_desc(KL_SIG_TRACES), &kl_otlp_trace_request);
   assert_ptr_equal(kl_otlp_response_desc(KL_SIG_METRICS), &kl_otlp_metrics_response);
@@ -171,6 +178,26 @@ static void test_errors(void **state) {
   put_len(&rec, 3, "\xc0\x80", 2); /* overlong */
   logs_request(&req, &rec);
   expect_bad(&kl_otlp_logs_request, &req, "string is not UTF-8");
+
+  /* strings checked a word at a time: a bad byte anywhere in a long ASCII run is found,
+   * and multi-byte sequences anywhere are accepted */
+  for (size_t len = 1; len <= 40; len++) {
+    for (size_t at = 0; at < len; at++) {
+      char str[48];
+      memset(str, 'a', len);
+      str[at] = (char)0xff;
+      rec.n = 0;
+      put_len(&rec, 3, str, len);
+      logs_request(&req, &rec);
+      expect_bad(&kl_otlp_logs_request, &req, "string is not UTF-8");
+      if (at + 2 > len) continue;
+      str[at] = (char)0xc3, str[at + 1] = (char)0xa9; /* é */
+      rec.n = 0;
+      put_len(&rec, 3, str, len);
+      logs_request(&req, &rec);
+      assert_int_equal(kl_otlp_check(&kl_otlp_logs_request, req.b, req.n, 1, NULL), 0);
+    }
+  }
 
   rec.n = 0;
   put_len(&rec, 2, "\x01", 1); /* severity_number is not repeated: no packed form */
