@@ -32,7 +32,7 @@ int kl_keyring_check(const kl_keyring *k, const char *key, size_t len);
 /**
  * The key a client presented in HTTP headers or gRPC metadata: the token of
  * "Authorization: Bearer <token>" if given, else the value of "X-API-Key". Returns 1 with
- * *key/*len set, or 0 when neither is there.
+ * key and len set, or 0 when neither is there.
  */
 int kl_key_from_headers(const char *authorization, size_t alen, const char *x_api_key,
                         size_t xlen, const char **key, size_t *len);
