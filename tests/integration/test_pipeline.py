@@ -227,6 +227,34 @@ def test_sigkill_loses_nothing_acknowledged():
         shutil.rmtree(data, ignore_errors=True)
 
 
+def test_bodies_in_flight_are_capped():
+    """Slow uploads cannot make keel buffer more than buffer.memory of request bodies."""
+    import socket
+    with Keel(env={"KEEL_BUFFER_MEMORY": "1MiB", "KEEL_OTLP_MAX_REQUEST": "512KiB"}) as k:
+        body = g.logs_request(range(3), pad=150_000)  # ~450 KB: two fit in 1 MiB, not three
+        assert 400 * 1024 < len(body) < 500 * 1024, len(body)
+        head = ("POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                "Content-Length: %d\r\n\r\n" % len(body)).encode()
+        slow = []
+        for _ in range(2):  # each holds ~450 KB of the budget while it trickles
+            c = socket.create_connection(("127.0.0.1", k.otlp_port), timeout=10)
+            c.sendall(head + body[:1000])
+            slow.append(c)
+        time.sleep(0.3)
+        second = socket.create_connection(("127.0.0.1", k.otlp_port), timeout=10)
+        second.sendall(head + body[:1000])
+        answer = second.recv(4096).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 429") and "Retry-After: 1" in answer, answer
+        first = slow[0]
+        first.sendall(body[1000:])
+        answer = first.recv(4096).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 200"), answer
+        st, _, _ = post(k, "/v1/logs", body)  # the budget was given back
+        assert st == 200
+        for c in slow + [second]:
+            c.close()
+
+
 def test_api_keys():
     tmp = tempfile.mkdtemp(prefix="keel-keys-")
     try:
