@@ -43,6 +43,7 @@ struct kl_pipeline {
    * 429 rather than growing the process. */
   _Atomic uint64_t mem_used;
   uint64_t mem_cap;
+  uint64_t buffer_max;
   pthread_mutex_t watch_lock; /* registration only; notification reads nwatch atomically */
   struct {
     int efd;
@@ -382,6 +383,7 @@ static double m_deliv_logs(void *a) { return m_sink(a, offsetof(kl_sink_stats, d
 static double m_deliv_traces(void *a) { return m_sink(a, offsetof(kl_sink_stats, delivered[KL_SIG_TRACES])); }
 static double m_deliv_metrics(void *a) { return m_sink(a, offsetof(kl_sink_stats, delivered[KL_SIG_METRICS])); }
 static double m_mem_cap(void *a) { return (double)((kl_pipeline *)a)->mem_cap; }
+static double m_buf_max(void *a) { return (double)((kl_pipeline *)a)->buffer_max; }
 
 static int metrics_setup(kl_pipeline *p, kl_metrics *m) {
   int rc = 0;
@@ -438,6 +440,8 @@ static int metrics_setup(kl_pipeline *p, kl_metrics *m) {
        m_buf_corrupt, NULL},
       {"keel_pipeline_buffer_syncs_total", "fdatasync calls of the disk buffer", KL_M_COUNTER,
        m_buf_syncs, NULL},
+      {"keel_pipeline_buffer_max_bytes", "The disk buffer's cap (buffer.max)", KL_M_GAUGE,
+       m_buf_max, NULL},
       {"keel_pipeline_memory_max_bytes", "Cap on memory held by requests being ingested",
        KL_M_GAUGE, m_mem_cap, NULL},
       {"keel_pipeline_delivered_total", "Records confirmed by Kafka (or written to files)",
@@ -499,6 +503,7 @@ kl_pipeline *kl_pipeline_start(const keel_config *cfg, keel_server *srv, kl_metr
   p->ack_delivered = cfg->otlp_ack_delivered;
   p->max_request = cfg->otlp_max_request;
   p->mem_cap = cfg->buffer_memory_bytes;
+  p->buffer_max = cfg->buffer_max_bytes;
   p->flush_ms = cfg->pipeline_flush_ms;
   p->split.key_attr = cfg->otlp_key_attribute;
   p->split.key_attr_len = strlen(cfg->otlp_key_attribute);
