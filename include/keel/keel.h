@@ -76,6 +76,7 @@ typedef struct keel_config {
   uint8_t otlp_format;           /**< records in Kafka: 0 = protobuf, 1 = OTLP/JSON */
   uint8_t otlp_batch;            /**< 0: a message per record; 1: a message per request */
   char otlp_key_attribute[128];  /**< resource attribute keying records without a trace id */
+  char otlp_api_keys[256];       /**< file or directory of API keys the receivers require; "" = none */
   uint8_t otlp_ack_delivered;    /**< 0: answer once durable on disk; 1: once Kafka confirmed */
   uint32_t otlp_ack_timeout_ms;  /**< a request still unacknowledged then gets 503 */
   char data_dir[256];            /**< the disk buffer (DIR/buffer) and file sink (DIR/out) */

@@ -137,6 +137,10 @@ static const key keys[] = {
      "record|batch"},
     {"otlp.key_attribute", K_TEXT, FIELD(otlp_key_attribute), 0, 0, "service.name",
      "resource attribute used as the message key when there is no trace id", NULL, KF_EMPTY},
+    {"otlp.api_keys", K_TEXT, FIELD(otlp_api_keys), 0, 0, "",
+     "file (a key per line) or directory of files (a Kubernetes Secret) of API keys the OTLP "
+     "receivers require (Authorization: Bearer KEY or X-API-Key); empty: no check",
+     NULL, KF_EMPTY},
     {"otlp.ack", K_CHOICE, FIELD(otlp_ack_delivered), 0, 1, "durable",
      "answer a client once its records are durable on disk, or once Kafka confirmed them",
      "durable|delivered"},

@@ -45,8 +45,16 @@ static void list_push(kl_conn **head, kl_conn *c) {
   *head = c;
 }
 
+/* Gives back what the current request charged against its listener's body budget. */
+static void body_release(kl_conn *c) {
+  if (!c->body_charge) return;
+  atomic_fetch_sub(&c->w->srv->listeners[c->listener].body_used, c->body_charge);
+  c->body_charge = 0;
+}
+
 static void conn_close(kl_conn *c) {
   if (c->closed) return;
+  body_release(c);
   kl_worker *w = c->w;
   if (c->state == KL_CONN_WAIT && c->wait_cancel) {
     c->wait_cancel(c->wait_arg, c->wait_id);
@@ -316,6 +324,23 @@ static int conn_flush(kl_conn *c) {
   return 0;
 }
 
+/* 429 + Retry-After, then a lingering close: too many bodies in flight on this listener. */
+static void respond_busy_close(kl_conn *c) {
+  static const char body[] = "{\"error\":\"too many request bodies in flight: retry later\"}";
+  kl_buf *h = &c->w->hdrbuf;
+  h->len = 0;
+  kl_buf_append(h, "Retry-After: 1\r\n", 15);
+  c->closing = 1;
+  if (write_head(c, 429, "application/json", sizeof(body) - 1, 0, h) == 0 &&
+      kl_buf_reserve(&c->out, sizeof(body) - 1) == 0) {
+    memcpy(c->out.data + c->out.len, body, sizeof(body) - 1);
+    seg_push(c, c->out.len, sizeof(body) - 1);
+    c->out.len += sizeof(body) - 1;
+  }
+  h->len = 0;
+  conn_flush(c);
+}
+
 /* ---- the public request API -------------------------------------------- */
 
 keel_str keel_req_method(const keel_req *req) {
@@ -494,6 +519,7 @@ static void access_log(kl_conn *c, keel_req *req, const kl_route *r, uint64_t us
 static void conn_finish(kl_conn *c, const kl_route *r, uint32_t slot, size_t req_end) {
   kl_worker *w = c->w;
   keel_req *req = &c->req;
+  body_release(c);
   if (!req->responded) { /* the output cap refused even the error: give up on this peer */
     c->closing = 1;
   }
@@ -662,6 +688,18 @@ static void conn_process(kl_conn *c) {
       if (!c->head.chunked && c->head.content_length == 0) {
         conn_dispatch(c, c->head.head_len);
         continue;
+      }
+      kl_listener *li = &w->srv->listeners[c->listener];
+      if (li->body_budget) {
+        /* All connections' bodies together stay under the budget (a chunked body is charged
+         * its maximum): past it, 429 rather than memory that grows with the client count. */
+        uint64_t need = c->head.chunked ? body_max : c->head.content_length;
+        if (atomic_fetch_add(&li->body_used, need) + need > li->body_budget) {
+          atomic_fetch_sub(&li->body_used, need);
+          respond_busy_close(c);
+          return;
+        }
+        c->body_charge = need;
       }
       c->state = KL_CONN_BODY;
       c->raw_pos = c->body_pos = c->head.head_len;

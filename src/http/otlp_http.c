@@ -45,7 +45,12 @@ static const kl_signal signals[KL_SIG_COUNT] = {KL_SIG_LOGS, KL_SIG_TRACES, KL_S
 /* ---- answers -------------------------------------------------------------------- */
 
 /* gRPC status codes carried in google.rpc.Status bodies (OTLP/HTTP error responses). */
-enum { RPC_INVALID_ARGUMENT = 3, RPC_RESOURCE_EXHAUSTED = 8, RPC_UNAVAILABLE = 14 };
+enum {
+  RPC_INVALID_ARGUMENT = 3,
+  RPC_RESOURCE_EXHAUSTED = 8,
+  RPC_UNAVAILABLE = 14,
+  RPC_UNAUTHENTICATED = 16
+};
 
 /* An OTLP error answer: google.rpc.Status {code, message}, protobuf or JSON like the request. */
 static void respond_status(keel_req *req, int json, int http, int code, const char *msg,
@@ -180,12 +185,16 @@ static void otlp_handler(keel_req *req, void *ud) {
   kl_pipeline *p = w->srv->pipeline;
   kl_otlp_worker *o = w->otlp;
   keel_str ct = keel_req_header(req, "Content-Type");
-  int json;
-  if (media_is(ct, "application/x-protobuf")) {
-    json = 0;
-  } else if (media_is(ct, "application/json")) {
-    json = 1;
-  } else {
+  int json = media_is(ct, "application/json");
+  keel_str az = keel_req_header(req, "Authorization"), xk = keel_req_header(req, "X-API-Key");
+  if (!kl_pipeline_auth(p, az.ptr, az.len, xk.ptr, xk.len)) {
+    kl_pipeline_count_refused(p, sig, "unauthorized");
+    keel_resp_header(req, "WWW-Authenticate", "Bearer realm=\"otlp\"");
+    respond_status(req, json, 401, RPC_UNAUTHENTICATED,
+                   "an API key is required: Authorization: Bearer KEY (or X-API-Key)", 0);
+    return;
+  }
+  if (!json && !media_is(ct, "application/x-protobuf")) {
     kl_pipeline_count_refused(p, sig, "unsupported_media_type");
     keel_respond_error(req, 415,
                        "Content-Type must be application/x-protobuf or application/json");

@@ -209,6 +209,7 @@ keel_server *keel_server_new(const keel_config *cfg, char *err, size_t errlen) {
       if (l >= 0) snprintf(err, errlen, "out of memory");
       goto fail;
     }
+    srv->listeners[l].body_budget = cfg->buffer_memory_bytes;
   }
   srv->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   srv->donefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

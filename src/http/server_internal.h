@@ -31,6 +31,8 @@ typedef struct kl_listener {
   socklen_t addrlen;
   _Atomic int port;              /* the bound port (chosen by the kernel for port 0) */
   uint64_t body_max;             /* request body cap on this listener (413 beyond) */
+  uint64_t body_budget;          /* bodies buffered at once, all connections; 0 = no cap */
+  _Atomic uint64_t body_used;    /* charged against body_budget (429 beyond) */
 } kl_listener;
 
 /** Route flags. */
@@ -80,6 +82,7 @@ struct kl_conn {
   void *wait_arg;
   uint32_t wait_slot;
   size_t wait_end;      /* the deferred request's end in `in`, relative to in_start */
+  uint64_t body_charge; /* bytes of its listener's body_budget the current request holds */
   uint8_t state;
   uint8_t closing;      /* close once the output is flushed */
   uint8_t closed;       /* fd closed; waiting for the worker to recycle the struct */

@@ -60,6 +60,7 @@ enum {
   GRPC_UNIMPLEMENTED = 12,
   GRPC_INTERNAL = 13,
   GRPC_UNAVAILABLE = 14,
+  GRPC_UNAUTHENTICATED = 16,
 };
 
 /* A stream's life. */
@@ -82,6 +83,7 @@ typedef struct gstream {
   int8_t sig;        /* -1: not one of the Export methods */
   uint8_t post;      /* :method POST */
   uint8_t ct_ok;     /* content-type application/grpc[+proto] */
+  uint8_t authed;    /* an authorization / x-api-key entry held a valid key */
   uint8_t enc;       /* grpc-encoding */
   uint8_t rst_after; /* answered early: reset the stream once the answer is sent */
   uint8_t hdr_got;   /* bytes of the 5-byte message prefix received */
@@ -520,7 +522,7 @@ static int grpc_media(const uint8_t *v, size_t len) {
 static int cb_header(nghttp2_session *h2, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
                      const uint8_t *value, size_t vlen, uint8_t flags, void *ud) {
   (void)flags;
-  (void)ud;
+  gconn *c = ud;
   if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
   gstream *s = nghttp2_session_get_stream_user_data(h2, f->hd.stream_id);
   if (!s) return 0;
@@ -533,6 +535,10 @@ static int cb_header(nghttp2_session *h2, const nghttp2_frame *f, const uint8_t 
       if (name_is(value, vlen, paths[i])) s->sig = (int8_t)i;
   } else if (name_is(name, nlen, "content-type")) {
     s->ct_ok = (uint8_t)grpc_media(value, vlen);
+  } else if (name_is(name, nlen, "authorization")) {
+    s->authed |= (uint8_t)kl_pipeline_auth(c->g->p, (const char *)value, vlen, NULL, 0);
+  } else if (name_is(name, nlen, "x-api-key")) {
+    s->authed |= (uint8_t)kl_pipeline_auth(c->g->p, NULL, 0, (const char *)value, vlen);
   } else if (name_is(name, nlen, "grpc-encoding")) {
     s->enc = name_is(value, vlen, "identity") ? ENC_IDENTITY
              : name_is(value, vlen, "gzip")   ? ENC_GZIP
@@ -552,6 +558,12 @@ static void headers_done(gconn *c, int32_t sid, gstream *s) {
     respond_status(c, sid, s, "200", GRPC_UNIMPLEMENTED,
                    "unknown method: this server implements the OTLP Logs, Trace and Metrics "
                    "Export methods");
+    return;
+  }
+  if (!s->authed && !kl_pipeline_auth(c->g->p, NULL, 0, NULL, 0)) {
+    kl_pipeline_count_refused(c->g->p, (kl_signal)s->sig, "unauthorized");
+    respond_status(c, sid, s, "200", GRPC_UNAUTHENTICATED,
+                   "an API key is required: authorization: Bearer KEY (or x-api-key)");
     return;
   }
   if (!s->ct_ok) {

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "core/keys.h"
 #include "keel/keel.h"
 #include "keel/metrics.h"
 #include "obs/metrics.h"
@@ -29,6 +30,7 @@ static const char *const compressions[] = {"none", "gzip", "snappy", "lz4", "zst
 
 struct kl_pipeline {
   keel_server *srv;
+  kl_keyring *keys; /* otlp.api_keys; NULL: no check */
   kl_wal *wal;
   kl_sink *sink;
   kl_otlp_opts split;
@@ -41,6 +43,7 @@ struct kl_pipeline {
    * 429 rather than growing the process. */
   _Atomic uint64_t mem_used;
   uint64_t mem_cap;
+  uint64_t buffer_max;
   pthread_mutex_t watch_lock; /* registration only; notification reads nwatch atomically */
   struct {
     int efd;
@@ -314,6 +317,15 @@ out:
   return rc;
 }
 
+int kl_pipeline_auth(const kl_pipeline *p, const char *authorization, size_t alen,
+                     const char *x_api_key, size_t xlen) {
+  if (!p->keys) return 1;
+  const char *key;
+  size_t len;
+  if (!kl_key_from_headers(authorization, alen, x_api_key, xlen, &key, &len)) return 0;
+  return kl_keyring_check(p->keys, key, len);
+}
+
 uint32_t kl_pipeline_retry_after(int ingest_error) {
   return ingest_error == KL_INGEST_FULL ? 5 : 1;
 }
@@ -371,6 +383,7 @@ static double m_deliv_logs(void *a) { return m_sink(a, offsetof(kl_sink_stats, d
 static double m_deliv_traces(void *a) { return m_sink(a, offsetof(kl_sink_stats, delivered[KL_SIG_TRACES])); }
 static double m_deliv_metrics(void *a) { return m_sink(a, offsetof(kl_sink_stats, delivered[KL_SIG_METRICS])); }
 static double m_mem_cap(void *a) { return (double)((kl_pipeline *)a)->mem_cap; }
+static double m_buf_max(void *a) { return (double)((kl_pipeline *)a)->buffer_max; }
 
 static int metrics_setup(kl_pipeline *p, kl_metrics *m) {
   int rc = 0;
@@ -427,6 +440,8 @@ static int metrics_setup(kl_pipeline *p, kl_metrics *m) {
        m_buf_corrupt, NULL},
       {"keel_pipeline_buffer_syncs_total", "fdatasync calls of the disk buffer", KL_M_COUNTER,
        m_buf_syncs, NULL},
+      {"keel_pipeline_buffer_max_bytes", "The disk buffer's cap (buffer.max)", KL_M_GAUGE,
+       m_buf_max, NULL},
       {"keel_pipeline_memory_max_bytes", "Cap on memory held by requests being ingested",
        KL_M_GAUGE, m_mem_cap, NULL},
       {"keel_pipeline_delivered_total", "Records confirmed by Kafka (or written to files)",
@@ -488,6 +503,7 @@ kl_pipeline *kl_pipeline_start(const keel_config *cfg, keel_server *srv, kl_metr
   p->ack_delivered = cfg->otlp_ack_delivered;
   p->max_request = cfg->otlp_max_request;
   p->mem_cap = cfg->buffer_memory_bytes;
+  p->buffer_max = cfg->buffer_max_bytes;
   p->flush_ms = cfg->pipeline_flush_ms;
   p->split.key_attr = cfg->otlp_key_attribute;
   p->split.key_attr_len = strlen(cfg->otlp_key_attribute);
@@ -499,6 +515,13 @@ kl_pipeline *kl_pipeline_start(const keel_config *cfg, keel_server *srv, kl_metr
   snprintf(p->topic[KL_SIG_METRICS], sizeof p->topic[0], "%s", cfg->kafka_topic_metrics);
   snprintf(p->dir_buffer, sizeof p->dir_buffer, "%s/buffer", cfg->data_dir);
   snprintf(p->dir_out, sizeof p->dir_out, "%s/out", cfg->data_dir);
+  if (cfg->otlp_api_keys[0]) {
+    char ke[320];
+    if (!(p->keys = kl_keyring_load(cfg->otlp_api_keys, ke, sizeof ke))) {
+      snprintf(err, errlen, "otlp.api_keys: %s", ke);
+      goto fail;
+    }
+  }
   int rc = mkdirs(p->dir_buffer);
   if (rc) {
     snprintf(err, errlen, "data_dir: cannot create %s: %s", p->dir_buffer, strerror(-rc));
@@ -559,6 +582,7 @@ kl_pipeline *kl_pipeline_start(const keel_config *cfg, keel_server *srv, kl_metr
   return p;
 fail:
   if (p->wal) kl_wal_close(p->wal);
+  kl_keyring_free(p->keys);
   pthread_mutex_destroy(&p->watch_lock);
   free(p);
   return NULL;
@@ -578,6 +602,7 @@ void kl_pipeline_stop(kl_pipeline *p) {
   keel_log(p->srv, left || st.written != st.committed ? KEEL_LOG_WARN : KEEL_LOG_INFO,
            "pipeline stopped", "undelivered_in_flight", l, "pending_bytes", pend, NULL);
   kl_wal_close(p->wal);
+  kl_keyring_free(p->keys);
   pthread_mutex_destroy(&p->watch_lock);
   free(p);
 }

@@ -88,6 +88,14 @@ void kl_pipeline_unwatch(kl_pipeline *p, int efd);
 /** Most watchers (workers plus the gRPC thread). */
 #define KL_PIPELINE_WATCH_MAX 256
 
+/**
+ * Whether a client may send: 1 when no otlp.api_keys are configured, or when the token of
+ * `Authorization: Bearer TOKEN` or the `X-API-Key` value (either may be NULL) is one of the
+ * keys (constant time). Any thread.
+ */
+int kl_pipeline_auth(const kl_pipeline *p, const char *authorization, size_t alen,
+                     const char *x_api_key, size_t xlen);
+
 /** Seconds a client should wait before retrying after an ingest error (Retry-After). */
 uint32_t kl_pipeline_retry_after(int ingest_error);
 

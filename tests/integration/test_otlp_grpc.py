@@ -5,8 +5,10 @@ on one channel, and SIGTERM."""
 import glob
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 
 try:
@@ -188,6 +190,27 @@ def test_undecodable_is_invalid_argument():
         # The channel stays usable.
         stub(ch, "logs")(logs_request([1]), timeout=15)
         assert len(records(k, "logs", 1)) == 1
+
+
+def test_api_keys_unauthenticated():
+    tmp = tempfile.mkdtemp(prefix="keel-grpc-keys-")
+    try:
+        with open(os.path.join(tmp, "keys"), "w") as f:
+            f.write("grpc-key-1\n")
+        with Keel(env={"KEEL_OTLP_API_KEYS": os.path.join(tmp, "keys")}) as k, channel(k) as ch:
+            e = rpc_error(stub(ch, "logs"), logs_request([1]), timeout=15)
+            assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e
+            e = rpc_error(stub(ch, "logs"), logs_request([1]), timeout=15,
+                          metadata=[("authorization", "Bearer nope")])
+            assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e
+            stub(ch, "logs")(logs_request([2]), timeout=15,
+                             metadata=[("authorization", "Bearer grpc-key-1")])
+            stub(ch, "logs")(logs_request([3]), timeout=15, metadata=[("x-api-key", "grpc-key-1")])
+            logs = records(k, "logs", 2)
+            assert sorted(seq_of(l, "resourceLogs", "scopeLogs", "logRecords") for l in logs) == \
+                [2, 3], logs
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_unknown_method_is_unimplemented():

@@ -227,5 +227,67 @@ def test_sigkill_loses_nothing_acknowledged():
         shutil.rmtree(data, ignore_errors=True)
 
 
+def test_bodies_in_flight_are_capped():
+    """Slow uploads cannot make keel buffer more than buffer.memory of request bodies."""
+    import socket
+    with Keel(env={"KEEL_BUFFER_MEMORY": "1MiB", "KEEL_OTLP_MAX_REQUEST": "512KiB"}) as k:
+        body = g.logs_request(range(3), pad=150_000)  # ~450 KB: two fit in 1 MiB, not three
+        assert 400 * 1024 < len(body) < 500 * 1024, len(body)
+        head = ("POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                "Content-Length: %d\r\n\r\n" % len(body)).encode()
+        slow = []
+        for _ in range(2):  # each holds ~450 KB of the budget while it trickles
+            c = socket.create_connection(("127.0.0.1", k.otlp_port), timeout=10)
+            c.sendall(head + body[:1000])
+            slow.append(c)
+        time.sleep(0.3)
+        second = socket.create_connection(("127.0.0.1", k.otlp_port), timeout=10)
+        second.sendall(head + body[:1000])
+        answer = second.recv(4096).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 429") and "Retry-After: 1" in answer, answer
+        first = slow[0]
+        first.sendall(body[1000:])
+        answer = first.recv(4096).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 200"), answer
+        st, _, _ = post(k, "/v1/logs", body)  # the budget was given back
+        assert st == 200
+        for c in slow + [second]:
+            c.close()
+
+
+def test_api_keys():
+    tmp = tempfile.mkdtemp(prefix="keel-keys-")
+    try:
+        with open(os.path.join(tmp, "team-a"), "w") as f:
+            f.write("# rotated 2026-11\nsecret-key-A\n")
+        with open(os.path.join(tmp, "team-b"), "w") as f:
+            f.write("secret-key-B\n")
+        with Keel(env={"KEEL_OTLP_API_KEYS": tmp}) as k:
+            req = g.logs_request([1])
+            st, h, body = post(k, "/v1/logs", req)
+            assert st == 401 and h.get("www-authenticate", "").startswith("Bearer"), (st, h)
+            assert body[:2] == b"\x08\x10", body  # google.rpc.Status code 16 UNAUTHENTICATED
+            st, _, _ = post(k, "/v1/logs", req, headers={"Authorization": "Bearer wrong"})
+            assert st == 401
+            st, _, _ = post(k, "/v1/logs", req, headers={"Authorization": "Bearer secret-key-A"})
+            assert st == 200
+            st, _, _ = post(k, "/v1/logs", g.logs_request([2]), headers={"X-API-Key": "secret-key-B"})
+            assert st == 200
+            assert sorted(g.seq_of_json_record(o) for o in records(k, "logs", 2)) == [1, 2]
+            assert metric(k, "keel_pipeline_requests_refused_total", signal="logs",
+                          reason="unauthorized") == 2
+            r, _ = request(k, get("/metrics"))
+            assert b"secret-key" not in r.body
+            assert not any("secret-key" in l for l in k.lines), "a key was logged"
+        st = Keel(env={"KEEL_OTLP_API_KEYS": os.path.join(tmp, "nope")})
+        try:
+            st.start()
+            raise AssertionError("keel started with an unreadable key file")
+        except AssertionError as e:
+            assert "otlp.api_keys" in str(e), e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 if __name__ == "__main__":
     Suite().run(globals())

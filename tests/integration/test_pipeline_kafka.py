@@ -243,5 +243,32 @@ def test_ack_delivered_waits_for_kafka():
         assert set(seqs_in(kc, "logs", 10)) == set(range(10))
 
 
+def test_sigterm_flushes_and_keeps_the_rest():
+    data = tempfile.mkdtemp(prefix="keel-kafka-term-")
+    try:
+        with MockCluster() as kc:
+            with Keel(env=kafka_env(kc, data)) as k:
+                st, _, _ = post(k, "/v1/logs", g.logs_request(range(200)))
+                assert st == 200
+                k.signal(signal.SIGTERM)
+                assert k.wait(15) == 0
+            assert sorted(seqs_in(kc, "logs", 200)) == list(range(200))
+            kc.command("down -1")
+            with Keel(env=kafka_env(kc, data, KEEL_SHUTDOWN_FLUSH_TIMEOUT="1s")) as k:
+                st, _, _ = post(k, "/v1/logs", g.logs_request(range(200, 250)))
+                assert st == 200
+                t0 = time.time()
+                k.signal(signal.SIGTERM)
+                assert k.wait(15) == 0
+                assert time.time() - t0 < 8, "the flush deadline was not kept"
+                stopped = [l for l in k.logs() if l.get("msg") == "pipeline stopped"]
+                assert stopped and int(stopped[0]["pending_bytes"]) > 0, stopped
+            kc.command("up -1")
+            with Keel(env=kafka_env(kc, data)):
+                assert set(seqs_in(kc, "logs", 250)) == set(range(250))
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
 if __name__ == "__main__":
     Suite().run(globals())

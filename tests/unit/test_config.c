@@ -56,6 +56,7 @@ static void assert_cfg_equal(const keel_config *a, const keel_config *b) {
   assert_int_equal(a->otlp_format, b->otlp_format);
   assert_int_equal(a->otlp_batch, b->otlp_batch);
   assert_string_equal(a->otlp_key_attribute, b->otlp_key_attribute);
+  assert_string_equal(a->otlp_api_keys, b->otlp_api_keys);
   assert_int_equal(a->otlp_ack_delivered, b->otlp_ack_delivered);
   assert_int_equal(a->otlp_ack_timeout_ms, b->otlp_ack_timeout_ms);
   assert_string_equal(a->data_dir, b->data_dir);
@@ -225,6 +226,7 @@ static const kcase cases[] = {
     {"otlp.format", "KEEL_OTLP_FORMAT", "json", 'c', 1, 0},
     {"otlp.mode", "KEEL_OTLP_MODE", "batch", 'c', 1, 0},
     {"otlp.key_attribute", "KEEL_OTLP_KEY_ATTRIBUTE", "k8s.pod.name", 'p', 0, 0},
+    {"otlp.api_keys", "KEEL_OTLP_API_KEYS", "/etc/keel/otlp-keys", 'p', 0, 0},
     {"otlp.ack", "KEEL_OTLP_ACK", "delivered", 'c', 1, 0},
     {"otlp.ack_timeout", "KEEL_OTLP_ACK_TIMEOUT", "10s", 'u', 10000, 0},
     {"data_dir", "KEEL_DATA_DIR", "/var/lib/keel", 'p', 0, 0},
@@ -258,6 +260,7 @@ static const char *str_field(const keel_config *cfg, const char *key) {
       {"otlp.http_listen", offsetof(keel_config, otlp_http_listen)},
       {"otlp.grpc_listen", offsetof(keel_config, otlp_grpc_listen)},
       {"otlp.key_attribute", offsetof(keel_config, otlp_key_attribute)},
+      {"otlp.api_keys", offsetof(keel_config, otlp_api_keys)},
       {"data_dir", offsetof(keel_config, data_dir)},
       {"kafka.brokers", offsetof(keel_config, kafka_brokers)},
       {"kafka.topics.logs", offsetof(keel_config, kafka_topic_logs)},
@@ -501,6 +504,7 @@ static const char every_key_yaml[] = "# every key, nested\n"
                                      "  format: json\n"
                                      "  mode: batch\n"
                                      "  key_attribute: k8s.pod.name\n"
+                                     "  api_keys: /etc/keel/otlp-keys\n"
                                      "  ack: delivered\n"
                                      "  ack_timeout: 10s\n"
                                      "data_dir: /var/lib/keel\n"
@@ -1366,7 +1370,7 @@ static void test_empty_values(void **state) {
   (void)state;
   /* the receivers: "" turns them off, from every source */
   static const char *const off_keys[] = {"otlp.http_listen", "otlp.grpc_listen",
-                                         "otlp.key_attribute", "kafka.brokers"};
+                                         "otlp.key_attribute", "otlp.api_keys", "kafka.brokers"};
   for (size_t i = 0; i < sizeof off_keys / sizeof off_keys[0]; i++) {
     keel_config cfg;
     keel_config_init(&cfg);

@@ -1,0 +1,166 @@
+/* keys.c - API keys from files, kept only as SHA-256 digests and compared in constant time. */
+#include "core/keys.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#define DIGEST 32
+#define FILE_MAX (4u << 20) /* a key file larger than this is a mistake */
+
+struct kl_keyring {
+  size_t n;
+  unsigned char (*d)[DIGEST];
+};
+
+static int sha256(const void *p, size_t n, unsigned char out[DIGEST]) {
+  unsigned int len = 0;
+  return EVP_Digest(p, n, out, &len, EVP_sha256(), NULL) == 1 && len == DIGEST ? 0 : -EIO;
+}
+
+/* Adds every key of one file's bytes. */
+static int add_lines(kl_keyring *k, char *buf, size_t n, const char *path, char *err,
+                     size_t errlen) {
+  size_t i = 0, line = 0;
+  while (i < n) {
+    size_t e = i;
+    while (e < n && buf[e] != '\n') e++;
+    line++;
+    size_t a = i, b = e;
+    while (a < b && (buf[a] == ' ' || buf[a] == '\t' || buf[a] == '\r')) a++;
+    while (b > a && (buf[b - 1] == ' ' || buf[b - 1] == '\t' || buf[b - 1] == '\r')) b--;
+    i = e + 1;
+    if (a == b || buf[a] == '#') continue;
+    if (b - a > KL_KEY_LEN_MAX) {
+      snprintf(err, errlen, "%s:%zu: key longer than %d bytes", path, line, KL_KEY_LEN_MAX);
+      return -EINVAL;
+    }
+    if (k->n == KL_KEYS_MAX) {
+      snprintf(err, errlen, "%s: more than %d keys", path, KL_KEYS_MAX);
+      return -EINVAL;
+    }
+    if (sha256(buf + a, b - a, k->d[k->n]) != 0) {
+      snprintf(err, errlen, "%s: cannot hash", path);
+      return -EIO;
+    }
+    k->n++;
+  }
+  return 0;
+}
+
+static int load_file(kl_keyring *k, const char *path, char *err, size_t errlen) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return -errno;
+  }
+  struct stat st;
+  int rc = 0;
+  char *buf = NULL;
+  if (fstat(fd, &st) != 0 || st.st_size > (off_t)FILE_MAX) {
+    snprintf(err, errlen, "%s: not a readable key file of at most 4 MiB", path);
+    rc = -EINVAL;
+    goto out;
+  }
+  buf = malloc((size_t)st.st_size + 1);
+  if (!buf) {
+    rc = -ENOMEM;
+    snprintf(err, errlen, "out of memory");
+    goto out;
+  }
+  size_t got = 0;
+  while (got < (size_t)st.st_size) {
+    ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += (size_t)r;
+  }
+  rc = add_lines(k, buf, got, path, err, errlen);
+  OPENSSL_cleanse(buf, (size_t)st.st_size + 1);
+out:
+  free(buf);
+  close(fd);
+  return rc;
+}
+
+kl_keyring *kl_keyring_load(const char *path, char *err, size_t errlen) {
+  kl_keyring *k = calloc(1, sizeof(*k));
+  if (k) k->d = calloc(KL_KEYS_MAX, DIGEST);
+  if (!k || !k->d) {
+    snprintf(err, errlen, "out of memory");
+    kl_keyring_free(k);
+    return NULL;
+  }
+  struct stat st;
+  int rc = 0;
+  if (stat(path, &st) != 0) {
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    rc = -errno;
+  } else if (S_ISDIR(st.st_mode)) {
+    DIR *d = opendir(path);
+    struct dirent *de;
+    while (d && rc == 0 && (de = readdir(d)) != NULL) {
+      if (de->d_name[0] == '.') continue; /* ., .., and a Secret's ..data / ..timestamp */
+      char p[4096];
+      snprintf(p, sizeof p, "%s/%s", path, de->d_name);
+      struct stat fs;
+      if (stat(p, &fs) == 0 && S_ISREG(fs.st_mode)) rc = load_file(k, p, err, errlen);
+    }
+    if (d) closedir(d);
+  } else {
+    rc = load_file(k, path, err, errlen);
+  }
+  if (rc == 0 && k->n == 0) {
+    snprintf(err, errlen, "%s: no keys", path);
+    rc = -EINVAL;
+  }
+  if (rc) {
+    kl_keyring_free(k);
+    return NULL;
+  }
+  return k;
+}
+
+size_t kl_keyring_count(const kl_keyring *k) { return k ? k->n : 0; }
+
+int kl_keyring_check(const kl_keyring *k, const char *key, size_t len) {
+  unsigned char d[DIGEST];
+  if (len == 0 || len > KL_KEY_LEN_MAX || sha256(key, len, d) != 0) return 0;
+  int found = 0;
+  for (size_t i = 0; i < k->n; i++) found |= CRYPTO_memcmp(d, k->d[i], DIGEST) == 0;
+  return found;
+}
+
+int kl_key_from_headers(const char *authorization, size_t alen, const char *x_api_key,
+                        size_t xlen, const char **key, size_t *len) {
+  if (authorization && alen > 7 && strncasecmp(authorization, "Bearer ", 7) == 0) {
+    const char *p = authorization + 7, *e = authorization + alen;
+    while (p < e && *p == ' ') p++;
+    while (e > p && e[-1] == ' ') e--;
+    *key = p;
+    *len = (size_t)(e - p);
+    return *len > 0;
+  }
+  if (x_api_key && xlen > 0) {
+    *key = x_api_key;
+    *len = xlen;
+    return 1;
+  }
+  return 0;
+}
+
+void kl_keyring_free(kl_keyring *k) {
+  if (!k) return;
+  if (k->d) OPENSSL_cleanse(k->d, (size_t)KL_KEYS_MAX * DIGEST);
+  free(k->d);
+  free(k);
+}
