@@ -8,7 +8,6 @@ import shutil
 import signal
 import struct
 import tempfile
-import threading
 import time
 
 import otlp_gen as g
@@ -133,35 +132,11 @@ def test_produce_errors_nothing_lost():
 
 def test_kill9_restart_delivers_everything_acknowledged():
     data = tempfile.mkdtemp(prefix="keel-kafka-kill-")
-    acked = []
     try:
         with MockCluster() as kc:
             kc.command("down -1")  # nothing can be delivered: all of it waits in the buffer
             with Keel(env=kafka_env(kc, data)) as k:
-                stop = threading.Event()
-
-                def sender(base):
-                    c = http.client.HTTPConnection("127.0.0.1", k.otlp_port, timeout=10)
-                    i = 0
-                    while not stop.is_set():
-                        seqs = list(range(base + i * 10, base + i * 10 + 10))
-                        try:
-                            st, _, _ = post(k, "/v1/logs", g.logs_request(seqs, pad=300), conn=c)
-                        except (OSError, http.client.HTTPException):
-                            return
-                        if st == 200:
-                            acked.extend(seqs)
-                        i += 1
-
-                ts = [threading.Thread(target=sender, args=(b * 1_000_000,)) for b in range(2)]
-                for t in ts:
-                    t.start()
-                time.sleep(1.5)
-                k.proc.send_signal(signal.SIGKILL)
-                k.proc.wait()
-                stop.set()
-                for t in ts:
-                    t.join()
+                acked = g.kill9_while_sending(k)
             assert len(acked) >= 50, len(acked)
             kc.command("up -1")
             with Keel(env=kafka_env(kc, data)) as k2:
