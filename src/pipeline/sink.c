@@ -17,9 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <librdkafka/rdkafka.h>
-
 #include "pipeline/otlp.h"
+#include "pipeline/rdk.h"
 #include "pipeline/sink.h"
 
 /*
@@ -933,6 +932,7 @@ kl_sink *kl_sink_start(const kl_sink_opts *opts, const kl_sink_src *src, char *e
     set_err(err, errlen, "sink: %s", "missing options or source");
     return NULL;
   }
+  if (opts->brokers && *opts->brokers && kl_rdk_load(err, errlen) != 0) return NULL;
   kl_sink *s = calloc(1, sizeof *s);
   if (!s) {
     set_err(err, errlen, "sink: %s", "out of memory");

@@ -70,6 +70,10 @@ def test_logs_protobuf_split_into_lines():
         rec = rl[0]["scopeLogs"][0]["logRecords"][0]
         assert rec["severityText"] == "INFO" and rec["body"]["stringValue"].startswith("log record")
         assert metric(k, "keel_pipeline_records_accepted_total", signal="logs") == 30
+        with open("/proc/%d/maps" % k.proc.pid) as f:
+            maps = f.read()
+        assert "librdkafka" not in maps and "libcrypto" not in maps, \
+            "a keel without Kafka or API keys loads neither librdkafka nor libcrypto"
 
 
 def test_traces_and_metrics():

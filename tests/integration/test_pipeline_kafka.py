@@ -98,6 +98,8 @@ def test_exact_records_keys_headers():
                  what="delivered_total")
         wait_for(lambda: metric(k, "keel_pipeline_buffer_pending_bytes") == 0, what="pending 0")
         assert metric(k, "keel_pipeline_delivery_latency_seconds_count") == 370
+        with open("/proc/%d/maps" % k.proc.pid) as f:
+            assert "librdkafka.so" in f.read(), "the Kafka sink loads librdkafka on demand"
 
 
 def test_brokers_down_10s_nothing_lost():
