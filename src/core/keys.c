@@ -11,8 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
+#include <dlfcn.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 
 #define DIGEST 32
 #define FILE_MAX (4u << 20) /* a key file larger than this is a mistake */
@@ -22,9 +23,35 @@ struct kl_keyring {
   unsigned char (*d)[DIGEST];
 };
 
+/*
+ * OpenSSL's libcrypto is opened only when a keyring is loaded: mapping it costs about 1.5 MB
+ * of resident memory, most of keel's idle footprint, and only API keys need it here.
+ * Process-wide on purpose: a library is mapped once per process.
+ */
+static struct {
+  __typeof__(&EVP_Digest) digest;
+  __typeof__(&EVP_sha256) sha256;
+} crypto;
+static pthread_once_t crypto_once = PTHREAD_ONCE_INIT;
+
+static void crypto_load(void) {
+  void *h = dlopen("libcrypto.so.3", RTLD_NOW | RTLD_LOCAL);
+  if (!h) return;
+  *(void **)(void *)&crypto.digest = dlsym(h, "EVP_Digest");
+  *(void **)(void *)&crypto.sha256 = dlsym(h, "EVP_sha256");
+}
+
 static int sha256(const void *p, size_t n, unsigned char out[DIGEST]) {
   unsigned int len = 0;
-  return EVP_Digest(p, n, out, &len, EVP_sha256(), NULL) == 1 && len == DIGEST ? 0 : -EIO;
+  if (!crypto.digest || !crypto.sha256) return -EIO;
+  return crypto.digest(p, n, out, &len, crypto.sha256(), NULL) == 1 && len == DIGEST ? 0 : -EIO;
+}
+
+/* Equal or not, in a time that depends only on n. */
+static int same(const unsigned char *a, const unsigned char *b, size_t n) {
+  unsigned char d = 0;
+  for (size_t i = 0; i < n; i++) d |= (unsigned char)(a[i] ^ b[i]);
+  return d == 0;
 }
 
 /* Adds every key of one file's bytes. */
@@ -85,7 +112,7 @@ static int load_file(kl_keyring *k, const char *path, char *err, size_t errlen) 
     got += (size_t)r;
   }
   rc = add_lines(k, buf, got, path, err, errlen);
-  OPENSSL_cleanse(buf, (size_t)st.st_size + 1);
+  explicit_bzero(buf, (size_t)st.st_size + 1);
 out:
   free(buf);
   close(fd);
@@ -93,6 +120,11 @@ out:
 }
 
 kl_keyring *kl_keyring_load(const char *path, char *err, size_t errlen) {
+  pthread_once(&crypto_once, crypto_load);
+  if (!crypto.digest || !crypto.sha256) {
+    snprintf(err, errlen, "cannot load libcrypto.so.3 (OpenSSL 3) for the key digests");
+    return NULL;
+  }
   kl_keyring *k = calloc(1, sizeof(*k));
   if (k) k->d = calloc(KL_KEYS_MAX, DIGEST);
   if (!k || !k->d) {
@@ -136,7 +168,7 @@ int kl_keyring_check(const kl_keyring *k, const char *key, size_t len) {
   unsigned char d[DIGEST];
   if (len == 0 || len > KL_KEY_LEN_MAX || sha256(key, len, d) != 0) return 0;
   int found = 0;
-  for (size_t i = 0; i < k->n; i++) found |= CRYPTO_memcmp(d, k->d[i], DIGEST) == 0;
+  for (size_t i = 0; i < k->n; i++) found |= same(d, k->d[i], DIGEST);
   return found;
 }
 
@@ -160,7 +192,7 @@ int kl_key_from_headers(const char *authorization, size_t alen, const char *x_ap
 
 void kl_keyring_free(kl_keyring *k) {
   if (!k) return;
-  if (k->d) OPENSSL_cleanse(k->d, (size_t)KL_KEYS_MAX * DIGEST);
+  if (k->d) explicit_bzero(k->d, (size_t)KL_KEYS_MAX * DIGEST);
   free(k->d);
   free(k);
 }

@@ -324,6 +324,23 @@ static int conn_flush(kl_conn *c) {
   return 0;
 }
 
+static void respond_busy_close(kl_conn *c);
+
+/* Raises the current request's charge against its listener's body budget to `total` bytes:
+ * 0, or -1 after answering 429 (the budget is spent). */
+static int body_charge(kl_conn *c, uint64_t total) {
+  kl_listener *li = &c->w->srv->listeners[c->listener];
+  if (!li->body_budget || total <= c->body_charge) return 0;
+  uint64_t more = total - c->body_charge;
+  if (atomic_fetch_add(&li->body_used, more) + more > li->body_budget) {
+    atomic_fetch_sub(&li->body_used, more);
+    respond_busy_close(c);
+    return -1;
+  }
+  c->body_charge = total;
+  return 0;
+}
+
 /* 429 + Retry-After, then a lingering close: too many bodies in flight on this listener. */
 static void respond_busy_close(kl_conn *c) {
   static const char body[] = "{\"error\":\"too many request bodies in flight: retry later\"}";
@@ -689,18 +706,10 @@ static void conn_process(kl_conn *c) {
         conn_dispatch(c, c->head.head_len);
         continue;
       }
-      kl_listener *li = &w->srv->listeners[c->listener];
-      if (li->body_budget) {
-        /* All connections' bodies together stay under the budget (a chunked body is charged
-         * its maximum): past it, 429 rather than memory that grows with the client count. */
-        uint64_t need = c->head.chunked ? body_max : c->head.content_length;
-        if (atomic_fetch_add(&li->body_used, need) + need > li->body_budget) {
-          atomic_fetch_sub(&li->body_used, need);
-          respond_busy_close(c);
-          return;
-        }
-        c->body_charge = need;
-      }
+      /* All connections' bodies together stay under the listener's budget: past it, 429
+       * rather than memory that grows with the number of clients. A chunked body is charged
+       * as it arrives. */
+      if (!c->head.chunked && body_charge(c, c->head.content_length) != 0) return;
       c->state = KL_CONN_BODY;
       c->raw_pos = c->body_pos = c->head.head_len;
       kl_chunked_init(&c->chunked);
@@ -730,6 +739,7 @@ static void conn_process(kl_conn *c) {
       conn_dispatch(c, end);
       continue;
     }
+    if (avail > c->head.head_len && body_charge(c, avail - c->head.head_len) != 0) return;
     kl_http_error err;
     int rc = kl_chunked_decode(&c->chunked, base, avail, &c->raw_pos, &c->body_pos, body_max,
                                cfg->header_bytes_max, &err);

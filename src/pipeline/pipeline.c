@@ -39,6 +39,7 @@ struct kl_pipeline {
   size_t max_request;
   _Atomic uint64_t acked;
   _Atomic int down;
+  _Atomic int io_failed; /* logged once */
   /* Memory held by requests being ingested, against a cap: a burst of large requests gets
    * 429 rather than growing the process. */
   _Atomic uint64_t mem_used;
@@ -130,6 +131,12 @@ static void src_commit(void *arg, uint64_t pos, uint64_t nrec) {
 static void src_rewind(void *arg) {
   kl_pipeline *p = arg;
   kl_wal_rewind(p->wal);
+}
+
+static void on_sink_log(void *arg, int level, const char *msg, const char *detail) {
+  kl_pipeline *p = arg;
+  keel_log(p->srv, level >= 2 ? KEEL_LOG_ERROR : level == 1 ? KEEL_LOG_WARN : KEEL_LOG_INFO, msg,
+           "detail", detail ? detail : "", NULL);
 }
 
 static void on_delivered(void *arg, kl_signal sig, uint64_t latency_us) {
@@ -301,6 +308,10 @@ int kl_pipeline_ingest(kl_pipeline *p, kl_signal sig, kl_format fmt, const uint8
     rc = KL_INGEST_BAD;
   } else if (ar < 0) {
     kl_pipeline_count_refused(p, sig, "io_error");
+    if (!atomic_exchange(&p->io_failed, 1))
+      keel_log(p->srv, KEEL_LOG_ERROR,
+               "the disk buffer cannot be written: refusing data (503) until keel restarts",
+               "error", strerror(-ar), "data_dir", p->dir_buffer, NULL);
     rc = KL_INGEST_IO;
   } else {
     keel_counter_add(p->accepted[sig], res->accepted);
@@ -564,6 +575,7 @@ kl_pipeline *kl_pipeline_start(const keel_config *cfg, keel_server *srv, kl_metr
       .file_bytes = cfg->files_rotate_bytes,
       .file_keep = cfg->files_keep,
       .on_delivered = on_delivered,
+      .on_log = on_sink_log,
       .arg = p,
   };
   kl_sink_src src = {src_read, src_commit, src_rewind, p};

@@ -17,9 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <librdkafka/rdkafka.h>
-
 #include "pipeline/otlp.h"
+#include "pipeline/rdk.h"
 #include "pipeline/sink.h"
 
 /*
@@ -88,8 +87,11 @@ struct kl_sink {
   uint64_t memory_bytes, file_bytes;
   uint32_t file_keep;
   void (*on_delivered)(void *arg, kl_signal sig, uint64_t latency_us);
+  void (*on_log)(void *arg, int level, const char *msg, const char *detail);
   void *arg;
   kl_sink_src src;
+  int last_err;          /* the last Kafka error logged, and when: repeats are rate-limited */
+  uint64_t last_err_ns;
 
   int efd; /* wakes the thread: kl_sink_wake and librdkafka's queue */
   pthread_t thread;
@@ -195,6 +197,16 @@ static void slot_delivered(kl_sink *s, kl_slot *sl) {
 }
 
 /* A failed delivery: produce it again after a backoff that doubles per failure. */
+/* Logs an error unless the same one was logged in the last 10 s (an outage repeats it a lot). */
+static void log_err(kl_sink *s, int level, int code, const char *msg, const char *detail) {
+  uint64_t now = mono_ns();
+  if (!s->on_log) return;
+  if (code == s->last_err && now - s->last_err_ns < 10000000000ull) return;
+  s->last_err = code;
+  s->last_err_ns = now;
+  s->on_log(s->arg, level, msg, detail);
+}
+
 static void slot_failed(kl_sink *s, uint64_t seq, kl_slot *sl) {
   s->st.failed++;
   sl->backoff_ms = sl->backoff_ms ? sl->backoff_ms * 2 : KL_SINK_BACKOFF_MIN_MS;
@@ -308,17 +320,33 @@ static void kafka_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) 
   kl_slot *sl = &s->win[idx];
   if (sl->state != KL_SLOT_QUEUED) return;
   uint64_t seq = s->head + ((idx - (s->head & s->mask)) & s->mask);
-  if (m->err)
+  if (m->err) {
+    log_err(s, 1, m->err, "kafka delivery failed; the record will be produced again",
+            rd_kafka_err2str(m->err));
     slot_failed(s, seq, sl);
-  else
+  } else
     slot_delivered(s, sl);
 }
 
 static void kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
-  (void)rk;
-  (void)reason;
   kl_sink *s = opaque;
-  if (err == RD_KAFKA_RESP_ERR__FATAL) s->fatal = 1;
+  if (err == RD_KAFKA_RESP_ERR__FATAL) {
+    char why[256];
+    rd_kafka_fatal_error(rk, why, sizeof why);
+    s->fatal = 1;
+    s->last_err = 0; /* always logged */
+    log_err(s, 2, err, "kafka producer failed fatally; rebuilding it and replaying the buffer",
+            why);
+    return;
+  }
+  log_err(s, 1, err, "kafka error (the producer keeps retrying)", reason);
+}
+
+/* librdkafka's own log lines (served on the sink thread through its main queue). */
+static void kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+  kl_sink *s = rd_kafka_opaque(rk);
+  (void)fac;
+  if (level <= 4 && s->on_log) s->on_log(s->arg, level <= 3 ? 2 : 1, "librdkafka", buf);
 }
 
 static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *err,
@@ -379,6 +407,8 @@ static int kafka_open(kl_sink *s, char *err, size_t errlen) {
   rd_kafka_conf_set_opaque(conf, s);
   rd_kafka_conf_set_dr_msg_cb(conf, kafka_dr);
   rd_kafka_conf_set_error_cb(conf, kafka_error);
+  rd_kafka_conf_set_log_cb(conf, kafka_log);
+  if (conf_set(conf, "log.queue", "true", err, errlen)) goto fail;
   s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e); /* owns conf on success */
   if (!s->rk) {
     set_err(err, errlen, "kafka producer: %s", e);
@@ -392,6 +422,7 @@ static int kafka_open(kl_sink *s, char *err, size_t errlen) {
     }
   }
   rd_kafka_queue_t *q = rd_kafka_queue_get_main(s->rk);
+  rd_kafka_set_log_queue(s->rk, q); /* log lines come out of rd_kafka_poll, on this thread */
   uint64_t one = 1; /* eventfd takes 8-byte counters */
   rd_kafka_queue_io_event_enable(q, s->efd, &one, sizeof one);
   rd_kafka_queue_destroy(q);
@@ -763,6 +794,9 @@ static uint64_t produce_pending(kl_sink *s, uint64_t now) {
 
 /* After a fatal producer error (or a record that could not be kept): start over. */
 static void sink_rebuild(kl_sink *s, uint64_t now) {
+  if (s->on_log)
+    s->on_log(s->arg, 1, "sink restarted; replaying the buffer from its committed position",
+              s->brokers ? "kafka producer rebuilt" : "files reopened");
   if (s->brokers) {
     kafka_close(s);
   } else {
@@ -898,6 +932,7 @@ kl_sink *kl_sink_start(const kl_sink_opts *opts, const kl_sink_src *src, char *e
     set_err(err, errlen, "sink: %s", "missing options or source");
     return NULL;
   }
+  if (opts->brokers && *opts->brokers && kl_rdk_load(err, errlen) != 0) return NULL;
   kl_sink *s = calloc(1, sizeof *s);
   if (!s) {
     set_err(err, errlen, "sink: %s", "out of memory");
@@ -915,6 +950,7 @@ kl_sink *kl_sink_start(const kl_sink_opts *opts, const kl_sink_src *src, char *e
   s->file_bytes = opts->file_bytes ? opts->file_bytes : KL_SINK_FILE_DEFAULT;
   s->file_keep = opts->file_keep;
   s->on_delivered = opts->on_delivered;
+  s->on_log = opts->on_log;
   s->arg = opts->arg;
   s->rec_cap = s->message_max + KL_REC_HEAD + KL_REC_KEY_MAX;
   int oom = 0;

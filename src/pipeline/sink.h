@@ -72,6 +72,12 @@ typedef struct kl_sink_opts {
   uint32_t file_keep;              /**< files kept per signal, oldest deleted (0: all) */
   /** Called on the sink thread per delivered record: microseconds since it was appended. */
   void (*on_delivered)(void *arg, kl_signal sig, uint64_t latency_us);
+  /**
+   * Called on the sink thread for what an operator should see: level 0 info, 1 warn,
+   * 2 error; librdkafka's own log lines come here too (warnings and worse). Repeated errors
+   * are rate-limited (one per kind per 10 s). NULL: silent.
+   */
+  void (*on_log)(void *arg, int level, const char *msg, const char *detail);
   void *arg;
 } kl_sink_opts;
 

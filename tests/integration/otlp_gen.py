@@ -233,3 +233,40 @@ def seq_of(signal_name, rec):
             if kvf.get(1) == b"seq":
                 return dict(fields(kvf[2]))[3]
     return None
+
+
+def kill9_while_sending(k, senders=2, batch=10, pad=300, after=1.5):
+    """Posts logs from `senders` threads until keel is killed with SIGKILL `after` seconds in;
+    returns the seqs keel acknowledged (answered 200) before it died."""
+    import http.client
+    import signal
+    import threading
+    import time
+    acked, stop = [], threading.Event()
+
+    def sender(base):
+        c = http.client.HTTPConnection("127.0.0.1", k.otlp_port, timeout=10)
+        i = 0
+        while not stop.is_set():
+            seqs = list(range(base + i * batch, base + (i + 1) * batch))
+            try:
+                c.request("POST", "/v1/logs", body=logs_request(seqs, pad=pad),
+                          headers={"Content-Type": "application/x-protobuf"})
+                r = c.getresponse()
+                r.read()
+            except (OSError, http.client.HTTPException):
+                return
+            if r.status == 200:
+                acked.extend(seqs)
+            i += 1
+
+    ts = [threading.Thread(target=sender, args=(b * 1_000_000,)) for b in range(senders)]
+    for t in ts:
+        t.start()
+    time.sleep(after)
+    k.proc.send_signal(signal.SIGKILL)
+    k.proc.wait()
+    stop.set()
+    for t in ts:
+        t.join()
+    return acked

@@ -10,10 +10,10 @@ Import it from integration tests (it is not a test itself):
         spans[0]["name"], spans[0]["attributes"]["http.request.method"], rx.requests[0]["gzip"]
 
 The message types are built here from descriptors (field numbers checked against
-opentelemetry-proto: collector/{trace,logs,metrics}/v1, trace/v1, logs/v1, metrics/v1 (gauge and
-sum), resource/v1, common/v1) and decoded with Google's protobuf runtime; other tests use MSG and
-the Export*Service{Request,Response} classes to build and read OTLP messages. Run this file to
-self-check it.
+opentelemetry-proto: collector/{trace,logs,metrics}/v1, trace/v1 (with span events and links),
+logs/v1, metrics/v1 (gauge and sum), resource/v1, common/v1) and decoded with Google's protobuf
+runtime; other tests use MSG and the Export*Service{Request,Response} classes to build and read
+OTLP messages. Run this file to self-check it.
 """
 import gzip
 import http.client
@@ -63,6 +63,20 @@ _MESSAGES = {
         ("message", 2, _F.TYPE_STRING, _OPT, None, None),
         ("code", 3, _F.TYPE_INT32, _OPT, None, None),  # enum StatusCode on the wire: a varint
     ],
+    "SpanEvent": [  # Span.Event
+        ("time_unix_nano", 1, _F.TYPE_FIXED64, _OPT, None, None),
+        ("name", 2, _F.TYPE_STRING, _OPT, None, None),
+        ("attributes", 3, _F.TYPE_MESSAGE, _REP, "KeyValue", None),
+        ("dropped_attributes_count", 4, _F.TYPE_UINT32, _OPT, None, None),
+    ],
+    "SpanLink": [  # Span.Link
+        ("trace_id", 1, _F.TYPE_BYTES, _OPT, None, None),
+        ("span_id", 2, _F.TYPE_BYTES, _OPT, None, None),
+        ("trace_state", 3, _F.TYPE_STRING, _OPT, None, None),
+        ("attributes", 4, _F.TYPE_MESSAGE, _REP, "KeyValue", None),
+        ("dropped_attributes_count", 5, _F.TYPE_UINT32, _OPT, None, None),
+        ("flags", 6, _F.TYPE_FIXED32, _OPT, None, None),
+    ],
     "Span": [
         ("trace_id", 1, _F.TYPE_BYTES, _OPT, None, None),
         ("span_id", 2, _F.TYPE_BYTES, _OPT, None, None),
@@ -74,8 +88,10 @@ _MESSAGES = {
         ("end_time_unix_nano", 8, _F.TYPE_FIXED64, _OPT, None, None),
         ("attributes", 9, _F.TYPE_MESSAGE, _REP, "KeyValue", None),
         ("dropped_attributes_count", 10, _F.TYPE_UINT32, _OPT, None, None),
-        # events = 11, dropped_events_count = 12, links = 13, dropped_links_count = 14: not
-        # decoded (kept as unknown fields).
+        ("events", 11, _F.TYPE_MESSAGE, _REP, "SpanEvent", None),
+        ("dropped_events_count", 12, _F.TYPE_UINT32, _OPT, None, None),
+        ("links", 13, _F.TYPE_MESSAGE, _REP, "SpanLink", None),
+        ("dropped_links_count", 14, _F.TYPE_UINT32, _OPT, None, None),
         ("status", 15, _F.TYPE_MESSAGE, _OPT, "Status", None),
         ("flags", 16, _F.TYPE_FIXED32, _OPT, None, None),
     ],

@@ -26,7 +26,8 @@ DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "keel.json")
 RUNBOOK = "https://github.com/keel/keel/blob/main/docs/observability.md#"
 
 # The metric names agreed with the C implementation; histograms also get _bucket/_count/_sum.
-HISTOGRAMS = {"http_server_request_duration_seconds", "keel_worker_loop_lag_seconds"}
+HISTOGRAMS = {"http_server_request_duration_seconds", "keel_worker_loop_lag_seconds",
+              "keel_pipeline_delivery_latency_seconds"}
 METRICS = {
     "keel_http_requests_total", "keel_http_protocol_errors_total", "keel_http_connections_active",
     "keel_http_connections_max", "keel_http_connections_accepted_total",
@@ -34,6 +35,15 @@ METRICS = {
     "keel_trace_spans_exported_total", "keel_trace_spans_dropped_total", "keel_build_info", "keel_draining",
     "process_cpu_seconds_total", "process_resident_memory_bytes", "process_virtual_memory_bytes",
     "process_open_fds", "process_max_fds", "process_start_time_seconds", "up",
+    # the telemetry pipeline (docs/pipeline.md, "Metrics"); keel serve runs it by default
+    "keel_pipeline_records_received_total", "keel_pipeline_records_accepted_total",
+    "keel_pipeline_records_rejected_total", "keel_pipeline_received_bytes_total",
+    "keel_pipeline_requests_refused_total", "keel_pipeline_buffer_pending_bytes", "keel_pipeline_buffer_records",
+    "keel_pipeline_buffer_oldest_age_seconds", "keel_pipeline_buffer_bytes", "keel_pipeline_buffer_segments",
+    "keel_pipeline_buffer_max_bytes", "keel_pipeline_buffer_corrupt_records_total",
+    "keel_pipeline_buffer_syncs_total", "keel_pipeline_delivered_total", "keel_pipeline_delivery_failures_total",
+    "keel_pipeline_delivery_retries_total", "keel_pipeline_producer_rebuilds_total", "keel_pipeline_producer_queue",
+    "keel_pipeline_in_flight_records", "keel_pipeline_in_flight_bytes", "keel_pipeline_memory_max_bytes",
 } | {h + s for h in HISTOGRAMS for s in ("_bucket", "_count", "_sum")}
 
 # Sample values for Grafana's built-in and the dashboard's own template variables.

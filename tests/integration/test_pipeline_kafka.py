@@ -8,7 +8,6 @@ import shutil
 import signal
 import struct
 import tempfile
-import threading
 import time
 
 import otlp_gen as g
@@ -99,6 +98,8 @@ def test_exact_records_keys_headers():
                  what="delivered_total")
         wait_for(lambda: metric(k, "keel_pipeline_buffer_pending_bytes") == 0, what="pending 0")
         assert metric(k, "keel_pipeline_delivery_latency_seconds_count") == 370
+        with open("/proc/%d/maps" % k.proc.pid) as f:
+            assert "librdkafka.so" in f.read(), "the Kafka sink loads librdkafka on demand"
 
 
 def test_brokers_down_10s_nothing_lost():
@@ -133,35 +134,11 @@ def test_produce_errors_nothing_lost():
 
 def test_kill9_restart_delivers_everything_acknowledged():
     data = tempfile.mkdtemp(prefix="keel-kafka-kill-")
-    acked = []
     try:
         with MockCluster() as kc:
             kc.command("down -1")  # nothing can be delivered: all of it waits in the buffer
             with Keel(env=kafka_env(kc, data)) as k:
-                stop = threading.Event()
-
-                def sender(base):
-                    c = http.client.HTTPConnection("127.0.0.1", k.otlp_port, timeout=10)
-                    i = 0
-                    while not stop.is_set():
-                        seqs = list(range(base + i * 10, base + i * 10 + 10))
-                        try:
-                            st, _, _ = post(k, "/v1/logs", g.logs_request(seqs, pad=300), conn=c)
-                        except (OSError, http.client.HTTPException):
-                            return
-                        if st == 200:
-                            acked.extend(seqs)
-                        i += 1
-
-                ts = [threading.Thread(target=sender, args=(b * 1_000_000,)) for b in range(2)]
-                for t in ts:
-                    t.start()
-                time.sleep(1.5)
-                k.proc.send_signal(signal.SIGKILL)
-                k.proc.wait()
-                stop.set()
-                for t in ts:
-                    t.join()
+                acked = g.kill9_while_sending(k)
             assert len(acked) >= 50, len(acked)
             kc.command("up -1")
             with Keel(env=kafka_env(kc, data)) as k2:

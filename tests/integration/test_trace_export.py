@@ -68,7 +68,7 @@ class Driver:
         extra = os.environ.get("KEEL_LINK_FLAGS", "").split()
         cmd = [cc, "-std=c17", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
                "-I" + os.path.join(ROOT, "include"), "-I" + os.path.join(ROOT, "src"), src, STATIC,
-               "-lyaml", "-lz", "-lrdkafka", "-lnghttp2", "-lcrypto", "-lpthread", "-o", self.exe] + extra
+               "-lyaml", "-lz", "-lnghttp2", "-lpthread", "-o", self.exe] + extra
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, "build failed:\n%s\n%s" % (" ".join(cmd), p.stderr[-3000:])
 

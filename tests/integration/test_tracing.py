@@ -295,7 +295,7 @@ def build_embed():
     lib = os.environ.get("KEEL_LIB", os.path.join(ROOT, "build", "libkeel.so"))
     cmd = [os.environ.get("KEEL_CC", "cc"), "-std=c17", "-Wall", "-Wextra", "-Werror",
            "-I" + os.path.join(ROOT, "include"), src, os.path.join(os.path.dirname(lib), "libkeel.a"),
-           "-lyaml", "-lz", "-lrdkafka", "-lnghttp2", "-lcrypto", "-lpthread", "-o", exe] + os.environ.get("KEEL_LINK_FLAGS", "").split()
+           "-lyaml", "-lz", "-lnghttp2", "-lpthread", "-o", exe] + os.environ.get("KEEL_LINK_FLAGS", "").split()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, "build failed:\n%s\n%s" % (" ".join(cmd), p.stderr[-3000:])
     return exe
