@@ -3,6 +3,7 @@ records, keys and headers; and every fault with zero acknowledged records lost: 
 10 s, produce errors, kill -9 and restart, a full disk buffer, a corrupt byte in a segment."""
 import glob
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -100,6 +101,31 @@ def test_exact_records_keys_headers():
         assert metric(k, "keel_pipeline_delivery_latency_seconds_count") == 370
         with open("/proc/%d/maps" % k.proc.pid) as f:
             assert "librdkafka.so" in f.read(), "the Kafka sink loads librdkafka on demand"
+
+
+def test_batch_mode_and_json_format():
+    env = {"KEEL_OTLP_MODE": "batch", "KEEL_KAFKA_MESSAGE_MAX": "8KiB"}
+    with MockCluster() as kc, Keel(env=kafka_env(kc, **env)) as k:
+        st, _, _ = post(k, "/v1/logs", g.logs_request(range(300), pad=40))
+        assert st == 200
+        time.sleep(0.5)
+        msgs = kc.consume("otlp_logs", 2)
+        wait_for(lambda: metric(k, "keel_pipeline_buffer_records") == 0, what="delivered")
+        msgs = kc.read_all("otlp_logs")
+        assert 2 <= len(msgs) < 300, len(msgs)  # a message per request, split under the limit
+        assert all(len(m["value"]) <= 8 * 1024 for m in msgs), [len(m["value"]) for m in msgs]
+        seqs = [g.seq_of("logs", r) for m in msgs for r in g.records_in("logs", m["value"])]
+        assert sorted(seqs) == list(range(300)), seqs[:10]
+    with MockCluster() as kc, Keel(env=kafka_env(kc, KEEL_OTLP_FORMAT="json")) as k:
+        st, _, _ = post(k, "/v1/traces", g.traces_request(range(3)))
+        assert st == 200
+        msgs = kc.consume("otlp_spans", 3)
+        assert len(msgs) == 3
+        for m in msgs:
+            assert m["headers"]["content-type"] == "application/json", m["headers"]
+            obj = json.loads(m["value"])
+            spans = obj["resourceSpans"][0]["scopeSpans"][0]["spans"]
+            assert len(spans) == 1 and m["key"] == spans[0]["traceId"].encode(), (m["key"], obj)
 
 
 def test_brokers_down_10s_nothing_lost():
