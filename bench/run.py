@@ -951,8 +951,10 @@ def pb_attr(key, value):
 
 def otlp_logs_body(count=100):
     """An ExportLogsServiceRequest like otlp_gen.py's (one resource and scope, `count` log records
-    of about 600 bytes each on the wire), encoded with the standard library: the smoke run and a
-    machine without bench/setup.sh need no protoc and no python3-protobuf."""
+    of about 600 bytes each on the wire; 5 consecutive records per trace id, every 20th record
+    without trace and span ids, so that keel's Kafka keys spread as otlp_gen.py's do), encoded with
+    the standard library: the smoke run and a machine without bench/setup.sh need no protoc and
+    no python3-protobuf."""
     res = b"".join(pb_len(1, pb_attr(k, v)) for k, v in (
         ("service.name", "checkout"), ("service.version", "2.14.3"),
         ("service.instance.id", "checkout-7d9f8b6c5-x2k4q"),
@@ -974,8 +976,9 @@ def otlp_logs_body(count=100):
                  ("thread.name", "worker-%d" % (i % 16))]
         rec = (pb_fixed64(1, t) + pb_int(2, 9) + pb_str(3, "INFO") + pb_len(5, pb_str(1, body)) +
                b"".join(pb_len(6, pb_attr(k, v)) for k, v in attrs) +
-               pb_varint(8 << 3 | 5) + (1).to_bytes(4, "little") +
-               pb_len(9, h(b"trace", 16)) + pb_len(10, h(b"span", 8)) + pb_fixed64(11, t + 250_000))
+               (pb_varint(8 << 3 | 5) + (1).to_bytes(4, "little") +  # flags, trace id, span id
+                pb_len(9, hashlib.sha256(b"trace/%d" % (i // 5)).digest()[:16]) + pb_len(10, h(b"span", 8))
+                if i % 20 != 19 else b"") + pb_fixed64(11, t + 250_000))
         recs += pb_len(2, rec)
     schema = "https://opentelemetry.io/schemas/1.24.0"
     scope_logs = pb_len(1, scope) + recs + pb_str(3, schema)
@@ -1171,20 +1174,17 @@ def e2e_all(pc, body, tmp):
 
 # -- null sink --
 
-def run_concurrently(argvs, timeout=600):
-    """Runs the commands at once; each one's exit code, stdout, stderr, rusage and peak RSS, the
-    wall time, and the CPU the rest of the machine used meanwhile (% of one core). The peak RSS is
-    VmHWM read every 20 ms while it runs: ru_maxrss would keep this Python's size across the exec."""
+def run_polled(argv, timeout=600):
+    """Runs one command to completion: its exit code, stdout, stderr and peak RSS, its CPU time
+    and wall time, and the CPU the rest of the machine used meanwhile (% of one core). The peak RSS
+    is VmHWM read every 20 ms while it runs: the same for the three programs (Go's ru_maxrss may
+    keep this Python's size across the exec)."""
     (t0, i0), w0 = cpu_times(), time.time()
-    files = [(tempfile.TemporaryFile(), tempfile.TemporaryFile()) for _ in argvs]
-    procs = [subprocess.Popen(a, stdout=o, stderr=e) for a, (o, e) in zip(argvs, files)]
-    outs, deadline = [], time.time() + timeout
-    hwm = {p.pid: 0 for p in procs}
-    for p, (o, e) in zip(procs, files):
+    with tempfile.TemporaryFile() as o, tempfile.TemporaryFile() as e:
+        p = subprocess.Popen(argv, stdout=o, stderr=e)
+        hwm, deadline = 0, time.time() + timeout
         while True:
-            for q in procs:
-                if q.returncode is None:
-                    hwm[q.pid] = max(hwm[q.pid], proc_status_kb(q.pid, "VmHWM"))
+            hwm = max(hwm, proc_status_kb(p.pid, "VmHWM"))
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
@@ -1194,118 +1194,57 @@ def run_concurrently(argvs, timeout=600):
         p.returncode = os.waitstatus_to_exitcode(status)
         o.seek(0)
         e.seek(0)
-        outs.append((p.returncode, o.read().decode(errors="replace"), e.read().decode(errors="replace"),
-                     ru, hwm[p.pid]))
-        o.close()
-        e.close()
+        out, err = o.read().decode(errors="replace"), e.read().decode(errors="replace")
     (t1, i1), w1 = cpu_times(), time.time()
-    cpu = sum(o[3].ru_utime + o[3].ru_stime for o in outs)
+    cpu = ru.ru_utime + ru.ru_stime
     busy_all = ((t1 - t0) - (i1 - i0)) / CLK_TCK
-    return outs, w1 - w0, cpu, max(0.0, 100.0 * (busy_all - cpu) / max(1e-9, w1 - w0))
+    return p.returncode, out, err, hwm, cpu, w1 - w0, max(0.0, 100.0 * (busy_all - cpu) / max(1e-9, w1 - w0))
 
 
 def split_bench_path():
     return os.path.join(BUILD, "bench", "split_bench")
 
 
-def split_bench_caps():
-    """Which options this split_bench has (its usage line): input, threads, seconds, json."""
-    p = subprocess.run([split_bench_path(), "--help"], capture_output=True, text=True, timeout=10)
-    usage = p.stdout + p.stderr
-    return {opt: "--" + opt in usage for opt in ("input", "threads", "seconds", "json", "iterations")}
-
-
-def parse_split_bench(out):
-    """records/s (and the rest) from split_bench's output: a JSON line, or its text line for logs."""
-    for line in reversed(out.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            return json.loads(line)
-        m = re.match(r"logs\s+request (\d+) bytes, (\d+) records, (\d+) iterations: ([\d.]+) s, "
-                     r"([\d.]+) records/s", line)
-        if m:
-            return {"request_bytes": int(m.group(1)), "records": int(m.group(2)) * int(m.group(3)),
-                    "seconds": float(m.group(4)), "records_per_s": float(m.group(5))}
-    raise RuntimeError("split_bench: no result in %r" % out[-300:])
-
-
 class NullSink:
-    """Argument vectors of the three null-sink programs for a mode: "pinned" (CPU 1, one thread)
-    or "two" (both cores: 2 threads unpinned; split_bench without --threads runs as two processes
-    pinned to CPU 0 and CPU 1 at once, their records/s added)."""
+    """Argument vectors of the three null-sink programs, which take the same options and print the
+    same JSON line: the same input file, duration and threads for all. Modes: "pinned" (CPU 1, one
+    thread) and "two" (2 threads, unpinned: both cores)."""
 
-    def __init__(self, pc, peers):
+    def __init__(self, pc, peers, body):
         self.seconds = pc["null_seconds"]
         self.pin = "1" if NCPU > 1 else "0"
-        self.input = os.path.join(PEERS, PIPELINE_INPUTS["logs"])
-        self.caps = split_bench_caps()
-        self.iterations = None
+        self.input = body
         self.progs = ["keel"] + [p for p in peers
                                  if os.access(os.path.join(PEERS, p + "-pipeline"), os.X_OK)]
 
-    def keel_argv(self, threads):
-        a = [split_bench_path(), "--signal", "logs"]
-        if self.caps["input"] and os.path.exists(self.input):
-            a += ["--input", self.input]
-        if self.caps["seconds"]:
-            a += ["--seconds", "%g" % self.seconds]
-        else:
-            if self.iterations is None:  # about `seconds` of work, from a short run
-                outs, _, _, _ = run_concurrently([["taskset", "-c", self.pin] + a + ["--iterations", "300"]])
-                if outs[0][0] != 0:
-                    raise RuntimeError("split_bench failed: %s" % outs[0][2][-300:])
-                rate = parse_split_bench(outs[0][1])["records_per_s"]
-                self.iterations = max(10, int(rate * self.seconds / 100))
-            a += ["--iterations", str(self.iterations)]
-        if threads > 1 and self.caps["threads"]:
-            a += ["--threads", str(threads)]
-        if self.caps["json"]:
-            a += ["--json"]
-        return a
-
-    def argvs(self, prog, mode):
-        threads = 1 if mode == "pinned" else 2
-        if prog == "keel":
-            a = self.keel_argv(threads)
-            if mode == "pinned":
-                return [["taskset", "-c", self.pin] + a]
-            if self.caps["threads"]:
-                return [a]
-            return [["taskset", "-c", str(c)] + a for c in range(min(2, NCPU))]
-        a = [os.path.join(PEERS, prog + "-pipeline"), "--input", self.input,
-             "--seconds", "%g" % self.seconds, "--threads", str(threads), "--signal", "logs"]
-        return [["taskset", "-c", self.pin] + a] if mode == "pinned" else [a]
+    def argv(self, prog, mode):
+        binary = split_bench_path() if prog == "keel" else os.path.join(PEERS, prog + "-pipeline")
+        a = [binary, "--input", self.input, "--seconds", "%g" % self.seconds,
+             "--threads", "1" if mode == "pinned" else "2", "--signal", "logs"]
+        a += ["--json"] if prog == "keel" else []
+        return ["taskset", "-c", self.pin] + a if mode == "pinned" else a
 
     def run(self, prog, mode):
-        argvs = self.argvs(prog, mode)
-        outs, wall, cpu, other = run_concurrently(argvs)
-        rs = []
-        for (rc, out, err, ru, hwm), argv in zip(outs, argvs):
-            if rc != 0:
-                raise RuntimeError("%s failed (%s): %s" % (" ".join(argv), rc, err[-300:]))
-            r = parse_split_bench(out) if prog == "keel" else json.loads(out.strip().splitlines()[-1])
-            if "max_rss_kb" in r:
-                r["self_reported_max_rss_kb"] = r["max_rss_kb"]
-            r["max_rss_kb"] = hwm or r.get("max_rss_kb", 0)
-            rs.append(r)
-        res = {"records_per_s": sum(r["records_per_s"] for r in rs), "processes": len(rs),
-               "max_rss_kb": max(r["max_rss_kb"] for r in rs), "cpu_s": cpu, "wall_s": wall,
-               "other_load_pct": other, "argv": argvs, "detail": rs}
-        log("pipeline null sink %-5s %-6s %9.0f records/s, %d KiB max RSS, other load %.0f%%"
-            % (prog, mode, res["records_per_s"], res["max_rss_kb"], other))
+        argv = self.argv(prog, mode)
+        rc, out, err, hwm, cpu, wall, other = run_polled(argv)
+        if rc != 0 or not out.strip():
+            raise RuntimeError("%s failed (%s): %s" % (" ".join(argv), rc, err[-300:]))
+        res = json.loads(out.strip().splitlines()[-1])
+        res.update({"self_reported_max_rss_kb": res["max_rss_kb"], "max_rss_kb": hwm or res["max_rss_kb"],
+                    "cpu_s": cpu, "wall_s": wall, "other_load_pct": other, "argv": argv})
+        log("pipeline null sink %-5s %-6s %9.0f records/s, %.0f bytes/record, %d KiB max RSS, other load %.0f%%"
+            % (prog, mode, res["records_per_s"], res["bytes_out"] / max(1, res["records"]),
+               res["max_rss_kb"], other))
         return res
 
 
-def nullsink_all(pc):
-    """Records/s of keel's split_bench and the Go and Rust peers, modes x repetitions, the
-    programs taking turns within a repetition."""
+def nullsink_all(pc, body):
+    """Records/s of keel's split_bench and the Go and Rust peers on the request `body`, modes x
+    repetitions, the programs taking turns within a repetition."""
     if not os.access(split_bench_path(), os.X_OK):
         return {"skipped": "%s not built" % split_bench_path()}
-    ns = NullSink(pc, ("go", "rust") if pc["peers"] else ())
-    res = {"seconds": ns.seconds, "split_bench_options": ns.caps,
-           "keel_input": ns.input if ns.caps["input"] and os.path.exists(ns.input)
-           else "split_bench's built-in request (100 log records with ~600-byte bodies)",
-           "peers_input": ns.input,
+    ns = NullSink(pc, ("go", "rust") if pc["peers"] else (), body)
+    res = {"seconds": ns.seconds, "input": body,
            "programs": {p: {m: {"runs": []} for m in pc["null_modes"]} for p in ns.progs}}
     if pc["peers"] and len(ns.progs) < 3:
         res["peers_missing"] = "run bench/setup.sh %s to build the Go and Rust pipelines" % PEERS
@@ -1432,7 +1371,7 @@ def pipeline_bench(level="full"):
         body, P["input"] = pipeline_input(tmp)
         P["kafka_mock"] = mock_argv()
         P["e2e"] = e2e_all(pc, body, tmp)
-        P["nullsink"] = nullsink_all(pc)
+        P["nullsink"] = nullsink_all(pc, body)
         if pc["memory"]:
             P["memory"] = memory_run(pc, body, tmp)
     finally:
@@ -1593,35 +1532,31 @@ def pipeline_section(P, img_dir=None):
     if "skipped" in ns:
         L.append("Not measured: %s.\n" % ns["skipped"])
     else:
-        two_keel = ("2 threads" if ns["split_bench_options"].get("threads") else
-                    "two processes at once, pinned to CPU 0 and CPU 1, records/s added")
-        L.append("Each program loops over one OTLP logs request (100 records): decode, split into one "
-                 "single-record request per record, encode each into a null sink. \"1 core\": pinned "
-                 "to CPU 1, one thread. \"2 cores\": Go and Rust with 2 threads unpinned; keel's "
-                 "split_bench as %s. keel's input: %s; Go's and Rust's: %s. Each run %gs.%s\n"
-                 % (two_keel, ns["keel_input"], os.path.relpath(ns["peers_input"], ROOT), ns["seconds"],
-                    "" if ns["keel_input"] == ns["peers_input"] else
-                    " **The inputs differ**: split_bench (which has no --input) builds a request whose "
-                    "records have ~600-byte bodies and 3 attributes, the peers' has ~140-byte bodies and "
-                    "10 attributes, and keel's checks cost per field, not per byte; keel's per-record "
-                    "CPU on the peers' input is the end-to-end figure above."))
+        L.append("Each program loops over one OTLP logs request (100 records) for %gs: decode, split into "
+                 "one single-record request per record, copy each into a null sink (keel gathers the "
+                 "message's pieces into a buffer; Go and Rust encode it into one) and count its bytes. "
+                 "All read the same file, `%s` (the end-to-end input above). \"1 core\": pinned to "
+                 "CPU 1, one thread; \"2 cores\": 2 threads, unpinned. Max RSS: VmHWM, polled.\n"
+                 % (ns["seconds"], os.path.relpath(ns["input"], ROOT) if ns["input"].startswith(ROOT)
+                    else os.path.basename(ns["input"])))
         L.append("```sh")
         for prog, modes in ns["programs"].items():
             for mode, m in modes.items():
-                argvs = m["runs"][0]["argv"]
-                L.append("   &   ".join(cmd_str(a) for a in argvs) + ("   # at once" if len(argvs) > 1 else ""))
+                L.append(cmd_str(m["runs"][0]["argv"]))
         L.append("```\n")
         modes = list(next(iter(ns["programs"].values())).keys())
         hdr = {"pinned": "1 core (CPU 1), records/s", "two": "2 cores, records/s"}
         L.append("| program | " + " | ".join(hdr[m] for m in modes)
-                 + " | ns per record (1 core) | max RSS (KiB) |")
-        L.append("|---|" + "---|" * len(modes) + "---|---|")
+                 + " | ns per record (1 core) | bytes out per record | max RSS (KiB) |")
+        L.append("|---|" + "---|" * len(modes) + "---|---|---|")
         for prog, pm in ns["programs"].items():
             cells = [kfmt(rmed(pm[m]["runs"], "records_per_s")) for m in modes]
             one = rmed(pm["pinned"]["runs"], "records_per_s")[0] if "pinned" in pm else 0
-            L.append("| %s | %s | %s | %d |" % (NULL_LABEL[prog], " | ".join(cells),
-                                                "%.0f" % (1e9 / one) if one else "-",
-                                                max(r["max_rss_kb"] for m in modes for r in pm[m]["runs"])))
+            r0 = pm[modes[0]]["runs"][0]
+            L.append("| %s | %s | %s | %.0f | %d |" % (
+                NULL_LABEL[prog], " | ".join(cells), "%.0f" % (1e9 / one) if one else "-",
+                r0["bytes_out"] / max(1, r0["records"]),
+                max(r["max_rss_kb"] for m in modes for r in pm[m]["runs"])))
         L.append("")
         if ns.get("peers_missing"):
             L.append("Go and Rust not measured: %s.\n" % ns["peers_missing"])
@@ -1682,13 +1617,11 @@ def pipeline_section(P, img_dir=None):
                                       rmed(runs, "records_delivered_per_s")[0], E2E_TARGET), why)
     if "skipped" not in ns:
         kp = ns["programs"]["keel"]
-        same_input = ("" if ns["keel_input"] == ns["peers_input"] else
-                      " (on split_bench's built-in request: a different input from the peers', see above)")
         if "two" in kp:
             two = rmed(kp["two"]["runs"], "records_per_s")[0]
             one = rmed(kp["pinned"]["runs"], "records_per_s")[0] if "pinned" in kp else 0
-            line(two >= NULLSINK_TARGET, "decode + split + re-encode, 2 cores: %.0f records/s, target >= %d%s"
-                 % (two, NULLSINK_TARGET, same_input),
+            line(two >= NULLSINK_TARGET, "decode + split + re-encode, 2 cores: %.0f records/s, target >= %d"
+                 % (two, NULLSINK_TARGET),
                  "one core does %.0f records/s (%.0f ns per record); 1.4M/s on two needs <= %.0f ns"
                  % (one, 1e9 / max(1, one), 2e9 / NULLSINK_TARGET) if one else "")
         peers = [p for p in ("go", "rust") if p in ns["programs"]]
@@ -1696,8 +1629,8 @@ def pipeline_section(P, img_dir=None):
             for mode in [m for m in ("pinned", "two") if m in kp]:
                 k = rmed(kp[mode]["runs"], "records_per_s")[0]
                 pr_ = {p: rmed(ns["programs"][p][mode]["runs"], "records_per_s")[0] for p in peers}
-                L.append("- %s%s: keel %.0fk records/s, %s" % (
-                    same_input and "(different inputs) ", "1 core" if mode == "pinned" else "2 cores",
+                L.append("- %s: keel %.0fk records/s, %s" % (
+                    "1 core" if mode == "pinned" else "2 cores",
                     k / 1000, ", ".join("%s %.0fk (keel %.2fx)" % ({"go": "Go", "rust": "Rust"}[p],
                                                                  pr_[p] / 1000, k / pr_[p]) for p in peers)))
         if pc["peers"]:

@@ -4,9 +4,12 @@
     bench/peers/otlp_gen.py [--signal logs|traces] [--count 100] --out FILE
 
 The request has one resource (service.name and a few more attributes), one scope, and COUNT log
-records (or spans) of about 600 bytes each on the wire; the same arguments always give the same
-bytes (no clock, no random module: everything is derived from the record index). Also imported
-by check_pipeline.py for the message classes.
+records (or spans) of about 600 bytes each on the wire. Log records carry the trace and span ids
+of the span they were logged in: 5 consecutive records per trace (20 traces per 100 records),
+except every 20th record, logged outside any span (no ids), so that keel's Kafka keys (the trace
+id; service.name without one) spread over the partitions as a fleet's would. The same arguments
+always give the same bytes (no clock, no random module: everything is derived from the record
+index). Also imported by check_pipeline.py for the message classes.
 
 The message classes come from bench/peers/otlp/otlp.proto (keel's own minimal OTLP definitions,
 the same file the Go peer is generated from): protoc turns it into a descriptor set, loaded into
@@ -73,6 +76,12 @@ ROUTES = ("/api/v1/orders/{id}", "/api/v1/carts", "/api/v1/payments/{id}/capture
           "/api/v2/inventory/{sku}", "/api/v1/users/{id}/sessions")
 METHODS = ("GET", "POST", "PUT", "DELETE")
 SEVERITIES = ((9, "INFO"), (9, "INFO"), (9, "INFO"), (13, "WARN"), (17, "ERROR"), (5, "DEBUG"))
+# Log records come from 20 traces (records 5t..5t+4 share trace t), as logs emitted inside spans
+# do, except every 20th one (records 19, 39, ...: 5 of 100), logged outside any span (no trace or
+# span id, flags 0). keel keys a log record by its trace id (Kafka spreads the traces over the
+# partitions) and one without by the resource's service.name (one partition for all of them).
+LOG_PER_TRACE = 5
+LOG_UNTRACED = 20  # i % 20 == 19 has no trace id
 
 
 def kv(cls, key, value):
@@ -140,9 +149,10 @@ def log_request(cls, count):
         r.attributes.extend(common_attrs(cls, i))
         r.attributes.append(kv(cls, "log.logger", "com.example.checkout.OrderController"))
         r.attributes.append(kv(cls, "thread.name", "worker-%d" % (i % 16)))
-        r.flags = 1
-        r.trace_id = h(i // 4, "trace", 16)
-        r.span_id = h(i, "span", 8)
+        if i % LOG_UNTRACED != LOG_UNTRACED - 1:  # logged inside a span: keel keys it by the trace id
+            r.flags = 1
+            r.trace_id = h(i // LOG_PER_TRACE, "trace", 16)
+            r.span_id = h(i, "span", 8)
     return req
 
 

@@ -1,16 +1,29 @@
 /* split_bench.c - microbenchmark of kl_otlp_split (decode, check, split, re-encode to a null sink). */
 /*
- * Builds two realistic requests in memory: an ExportLogsServiceRequest of 100 log records
- * (~600-byte bodies, a few attributes, trace and span ids) and an ExportTraceServiceRequest
- * of 100 spans (~10 attributes each), each under one resource (5 attributes, service.name
- * among them) and one scope. Then splits each one `--iterations` times with an emit callback
- * that gathers every message's iovecs into a buffer, as writing it to a null sink would.
- * Prints records/s per signal and a checksum (so the work cannot be optimised away, and so
- * that a change to the splitter's output shows). For instruction counts run it under
- * callgrind with few iterations; for wall-clock numbers pin it (taskset -c 1).
+ * The input is an OTLP export request: by default two built in memory, an
+ * ExportLogsServiceRequest of 100 log records (~600-byte bodies, a few attributes, trace and
+ * span ids) and an ExportTraceServiceRequest of 100 spans (~10 attributes each), each under one
+ * resource (5 attributes, service.name among them) and one scope; with --input FILE, the
+ * Export{Logs,Trace}ServiceRequest in FILE (--signal says which; logs by default), such as the
+ * pipeline peers' otlp-logs-100.pb (bench/peers/otlp_gen.py), so that keel and the Go and Rust
+ * peers split the same bytes.
  *
- * usage: split_bench [--iterations N] [--signal logs|traces|both]
+ * Each of --threads T threads (default 1) splits the request over and over, `--iterations`
+ * times, or with --seconds S until S seconds have passed (the clock read once per request, as
+ * the peers do), into its own null sink: an emit callback that gathers every message's iovecs
+ * into a buffer (the copy a writer would make; the peers encode into a buffer) and counts the
+ * records and bytes. The default output is a line per signal with records/s and a checksum (so
+ * the work cannot be optimised away, and so that a change to the splitter's output shows);
+ * --json prints the peers' line instead:
+ *   {"records": N, "seconds": S, "records_per_s": R, "bytes_out": B, "max_rss_kb": K}
+ * (max_rss_kb: VmHWM of /proc/self/status). For instruction counts run it under callgrind with
+ * few iterations; for wall-clock numbers pin it (taskset -c 1).
+ *
+ * usage: split_bench [--iterations N | --seconds S] [--threads T] [--signal logs|traces|both]
+ *                    [--input FILE] [--json]
  */
+#include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -197,18 +210,26 @@ static void build_traces(enc *req) {
 /* ---- the null sink: each message gathered into one buffer, as an encoder would write it ---- */
 
 typedef struct sink {
-  uint8_t buf[1 << 16];
-  uint64_t sum;
+  uint8_t *buf;
+  size_t cap;
+  uint64_t records, bytes_out, sum;
 } sink;
 
 static int gather(void *arg, const kl_otlp_record *rec) {
   sink *k = arg;
-  if (rec->len > sizeof k->buf) return -1;
+  if (rec->len > k->cap) {
+    free(k->buf);
+    k->cap = rec->len * 2;
+    k->buf = malloc(k->cap);
+    if (!k->buf) return -ENOMEM;
+  }
   size_t n = 0;
   for (size_t i = 0; i < rec->niov; i++) {
     memcpy(k->buf + n, rec->iov[i].iov_base, rec->iov[i].iov_len);
     n += rec->iov[i].iov_len;
   }
+  k->records++;
+  k->bytes_out += n;
   /* cheap: length, a few bytes of the message and the key */
   k->sum = k->sum * 31 + n + k->buf[0] + k->buf[n / 2] + k->buf[n - 1];
   if (rec->key_len) k->sum += rec->key[0] + rec->key[rec->key_len - 1];
@@ -221,50 +242,212 @@ static double now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int run(const char *name, kl_signal sig, const enc *req, long iterations, sink *k) {
-  kl_otlp_opts opts = {.key_attr = "service.name", .key_attr_len = strlen("service.name")};
+/* ---- the runs ---- */
+
+typedef struct job {
+  _Alignas(128) kl_signal sig; /* one thread's job per cache-line pair: no false sharing */
+  const uint8_t *req;
+  size_t len;
+  uint64_t per_req;  /* records one split must emit */
+  long iterations;   /* when deadline is 0 */
+  double deadline;   /* CLOCK_MONOTONIC seconds, or 0 */
+  sink k;
+  int failed;
   kl_otlp_result res;
-  k->sum = 0;
-  double t0 = now();
-  for (long i = 0; i < iterations; i++) {
-    int rc = kl_otlp_split(sig, req->b, req->n, &opts, gather, k, &res);
-    if (rc || res.accepted != RECORDS || res.rejected) {
-      fprintf(stderr, "split_bench: %s: rc %d, %llu accepted, %llu rejected: %s\n", name, rc,
-              (unsigned long long)res.accepted, (unsigned long long)res.rejected, res.error);
-      return 1;
+} job;
+
+static const kl_otlp_opts OPTS = {.key_attr = "service.name", .key_attr_len = sizeof "service.name" - 1};
+
+static void *work(void *arg) {
+  job *j = arg;
+  for (long i = 0;; i++) {
+    if (j->deadline > 0 ? i > 0 && now() >= j->deadline : i >= j->iterations) break;
+    int rc = kl_otlp_split(j->sig, j->req, j->len, &OPTS, gather, &j->k, &j->res);
+    if (rc || j->res.accepted != j->per_req || j->res.rejected) {
+      j->failed = rc ? rc : -1;
+      break;
     }
   }
+  return NULL;
+}
+
+static long vm_hwm_kb(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long kb = 0;
+  if (!f) return 0;
+  while (fgets(line, sizeof line, f))
+    if (strncmp(line, "VmHWM:", 6) == 0) {
+      kb = strtol(line + 6, NULL, 10);
+      break;
+    }
+  fclose(f);
+  return kb;
+}
+
+typedef struct cfg {
+  long iterations;
+  double seconds;
+  int threads;
+  int json;
+} cfg;
+
+static int run(const char *name, kl_signal sig, const uint8_t *req, size_t len, const cfg *c) {
+  /* one split first: how many records a request holds (all must be accepted) */
+  kl_otlp_result res;
+  int rc = kl_otlp_split(sig, req, len, &OPTS, NULL, NULL, &res);
+  if (rc || !res.accepted || res.rejected) {
+    fprintf(stderr, "split_bench: %s: rc %d, %llu accepted, %llu rejected: %s\n", name, rc,
+            (unsigned long long)res.accepted, (unsigned long long)res.rejected, res.error);
+    return 1;
+  }
+  job *jobs = aligned_alloc(_Alignof(job), (size_t)c->threads * sizeof *jobs);
+  pthread_t *tids = calloc((size_t)c->threads, sizeof *tids);
+  if (!jobs || !tids) {
+    fprintf(stderr, "split_bench: out of memory\n");
+    exit(1);
+  }
+  double t0 = now();
+  int started = 0;
+  for (int t = 0; t < c->threads; t++) {
+    jobs[t] = (job){.sig = sig, .req = req, .len = len, .per_req = res.accepted,
+                    .iterations = c->iterations, .deadline = c->seconds > 0 ? t0 + c->seconds : 0};
+    if (c->threads == 1) {
+      work(&jobs[t]);
+    } else if ((rc = pthread_create(&tids[t], NULL, work, &jobs[t])) != 0) {
+      fprintf(stderr, "split_bench: pthread_create: %s\n", strerror(rc));
+      exit(1);
+    } else {
+      started++;
+    }
+  }
+  for (int t = 0; t < started; t++) pthread_join(tids[t], NULL);
   double dt = now() - t0;
-  double recs = (double)iterations * RECORDS;
-  printf("%-7s request %zu bytes, %d records, %ld iterations: %.3f s, %.0f records/s, "
-         "%.1f ns/record, checksum %016llx\n",
-         name, req->n, RECORDS, iterations, dt, dt > 0 ? recs / dt : 0.0, dt * 1e9 / recs,
-         (unsigned long long)k->sum);
+  sink tot = {0};
+  int failed = 0;
+  for (int t = 0; t < c->threads; t++) {
+    const job *j = &jobs[t];
+    if (j->failed && !failed++)
+      fprintf(stderr, "split_bench: %s: rc %d, %llu accepted, %llu rejected: %s\n", name, j->failed,
+              (unsigned long long)j->res.accepted, (unsigned long long)j->res.rejected, j->res.error);
+    tot.records += j->k.records;
+    tot.bytes_out += j->k.bytes_out;
+    tot.sum ^= j->k.sum;
+    free(j->k.buf);
+  }
+  free(jobs);
+  free(tids);
+  if (failed) return 1;
+  double recs = (double)tot.records;
+  if (c->json) {
+    printf("{\"records\": %llu, \"seconds\": %.6f, \"records_per_s\": %.1f, \"bytes_out\": %llu, "
+           "\"max_rss_kb\": %ld}\n",
+           (unsigned long long)tot.records, dt, dt > 0 ? recs / dt : 0.0,
+           (unsigned long long)tot.bytes_out, vm_hwm_kb());
+  } else {
+    printf("%-7s request %zu bytes, %llu records, %.0f iterations", name, len,
+           (unsigned long long)res.accepted, recs / (double)res.accepted);
+    if (c->threads > 1) printf(" (%d threads)", c->threads);
+    printf(": %.3f s, %.0f records/s, %.1f ns/record, %.0f bytes/record, checksum %016llx\n", dt,
+           dt > 0 ? recs / dt : 0.0, recs > 0 ? dt * 1e9 / recs : 0.0,
+           recs > 0 ? (double)tot.bytes_out / recs : 0.0, (unsigned long long)tot.sum);
+  }
   return 0;
 }
 
+static uint8_t *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    fprintf(stderr, "split_bench: %s: %s\n", path, strerror(errno));
+    return NULL;
+  }
+  uint8_t *b = NULL;
+  size_t n = 0, cap = 0;
+  for (;;) {
+    if (n == cap) {
+      cap = cap ? 2 * cap : 1 << 16;
+      uint8_t *nb = realloc(b, cap);
+      if (!nb) {
+        fprintf(stderr, "split_bench: out of memory\n");
+        exit(1);
+      }
+      b = nb;
+    }
+    size_t got = fread(b + n, 1, cap - n, f);
+    n += got;
+    if (got == 0) break;
+  }
+  int bad = ferror(f);
+  fclose(f);
+  if (bad || n == 0) {
+    fprintf(stderr, "split_bench: %s: %s\n", path, bad ? "read error" : "empty");
+    free(b);
+    return NULL;
+  }
+  *len = n;
+  return b;
+}
+
+static int usage(const char *argv0) {
+  fprintf(stderr,
+          "usage: %s [--iterations N | --seconds S] [--threads T] [--signal logs|traces|both] "
+          "[--input FILE] [--json]\n",
+          argv0);
+  return 2;
+}
+
 int main(int argc, char **argv) {
-  long iterations = 20000;
-  const char *signal = "both";
+  cfg c = {.iterations = 20000, .threads = 1};
+  const char *signal = NULL, *input = NULL;
   for (int i = 1; i < argc; i++) {
+    char *end = NULL;
     if (strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) {
-      iterations = strtol(argv[++i], NULL, 10);
+      c.iterations = strtol(argv[++i], &end, 10);
+    } else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
+      c.seconds = strtod(argv[++i], &end);
+      if (!(c.seconds > 0)) return usage(argv[0]);
+    } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+      long t = strtol(argv[++i], &end, 10);
+      if (t < 1 || t > 1024) return usage(argv[0]);
+      c.threads = (int)t;
     } else if (strcmp(argv[i], "--signal") == 0 && i + 1 < argc) {
       signal = argv[++i];
+    } else if (strcmp(argv[i], "--input") == 0 && i + 1 < argc) {
+      input = argv[++i];
+    } else if (strcmp(argv[i], "--json") == 0) {
+      c.json = 1;
     } else {
-      fprintf(stderr, "usage: %s [--iterations N] [--signal logs|traces|both]\n", argv[0]);
-      return 2;
+      return usage(argv[0]);
     }
+    if (end && *end) return usage(argv[0]);
   }
-  if (iterations < 1) iterations = 1;
-  static sink k;
-  enc logs = {0}, traces = {0};
-  build_logs(&logs);
-  build_traces(&traces);
+  if (c.iterations < 1) c.iterations = 1;
+  if (!signal) signal = input || c.json ? "logs" : "both";
+  int logs = strcmp(signal, "logs") == 0, traces = strcmp(signal, "traces") == 0;
+  if (strcmp(signal, "both") == 0 && !input && !c.json) logs = traces = 1;
+  if (!logs && !traces) {
+    fprintf(stderr, "split_bench: --signal logs, traces or both (both: without --input or --json)\n");
+    return 2;
+  }
   int rc = 0;
-  if (strcmp(signal, "traces") != 0) rc |= run("logs", KL_SIG_LOGS, &logs, iterations, &k);
-  if (strcmp(signal, "logs") != 0) rc |= run("traces", KL_SIG_TRACES, &traces, iterations, &k);
-  free(logs.b);
-  free(traces.b);
+  if (input) {
+    size_t len = 0;
+    uint8_t *req = read_file(input, &len);
+    if (!req) return 1;
+    rc = run(logs ? "logs" : "traces", logs ? KL_SIG_LOGS : KL_SIG_TRACES, req, len, &c);
+    free(req);
+    return rc;
+  }
+  enc req = {0};
+  if (logs) {
+    build_logs(&req);
+    rc |= run("logs", KL_SIG_LOGS, req.b, req.n, &c);
+    req.n = 0;
+  }
+  if (traces) {
+    build_traces(&req);
+    rc |= run("traces", KL_SIG_TRACES, req.b, req.n, &c);
+  }
+  free(req.b);
   return rc;
 }
