@@ -55,8 +55,8 @@
 #define KL_SINK_JSON_MAX (64u << 20) /* ... and the most it grows to */
 #define KL_SINK_KEEP_SCAN 65536u     /* most files looked at when pruning a directory */
 #define KL_SINK_PROPS_MAX 256u       /* extra librdkafka properties */
-#define KL_SINK_MMAP_MIN (32 << 20)   /* glibc malloc: blocks this big or more are mmap'ed */
-#define KL_SINK_TRIM_MIN (64 << 20)   /* glibc malloc: free memory kept per arena, at most */
+#define KL_SINK_MMAP_MIN (32 << 20)  /* glibc malloc: blocks this big or more are mmap'ed */
+#define KL_SINK_TRIM_MIN (64 << 20)  /* glibc malloc: free memory kept per arena, at most */
 
 enum { KL_SLOT_PENDING, KL_SLOT_QUEUED, KL_SLOT_DONE };
 
