@@ -501,24 +501,39 @@ void keel_gauge_add(keel_metric *s, double delta) {
                                         __ATOMIC_RELAXED));
 }
 
-void keel_histogram_observe(keel_metric *s, double v) {
-  if (!s || s->store != S_CELLS || s->fam->type != KL_M_HISTOGRAM || !s->reg->frozen) return;
+void kl_histogram_observe_n(keel_metric *s, double v, uint64_t n) {
+  if (!s || !n || s->store != S_CELLS || s->fam->type != KL_M_HISTOGRAM || !s->reg->frozen)
+    return;
   uint64_t *c = own_cells(s);
-  if (c) {
+  if (c && n == 1) {
     kl_mcell_observe(c, s->cell, s->bounds, s->nb, v);
     return;
   }
-  c = s->reg->blocks[s->reg->nblocks - 1].cells;
   uint32_t k = 0;
   while (k < s->nb && v > s->bounds[k]) k++;
-  __atomic_fetch_add(&c[s->cell + k], 1, __ATOMIC_RELAXED);
+  if (c) {
+    kl_mcell_add(c, s->cell + k, n);
+    uint64_t *sum = &c[s->cell + s->nb + 1], bits = __atomic_load_n(sum, __ATOMIC_RELAXED);
+    double d;
+    memcpy(&d, &bits, sizeof d);
+    d += v * (double)n;
+    memcpy(&bits, &d, sizeof d);
+    __atomic_store_n(sum, bits, __ATOMIC_RELAXED);
+    return;
+  }
+  c = s->reg->blocks[s->reg->nblocks - 1].cells;
+  __atomic_fetch_add(&c[s->cell + k], n, __ATOMIC_RELAXED);
   uint64_t *sum = &c[s->cell + s->nb + 1], old = __atomic_load_n(sum, __ATOMIC_RELAXED), nv;
   do {
     double d;
     memcpy(&d, &old, sizeof d);
-    d += v;
+    d += v * (double)n;
     memcpy(&nv, &d, sizeof nv);
   } while (!__atomic_compare_exchange_n(sum, &old, nv, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+}
+
+void keel_histogram_observe(keel_metric *s, double v) {
+  kl_histogram_observe_n(s, v, 1);
 }
 
 int kl_metrics_add_value_gauge(kl_metrics *m, const char *name, const char *help,

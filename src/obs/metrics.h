@@ -97,6 +97,12 @@ void kl_mkey_add(kl_mblock *b, uint32_t key);
  */
 int kl_metrics_render(kl_metrics *m, kl_buf *out, int openmetrics);
 
+/**
+ * Records `n` observations of the same value `v` in a histogram: keel_histogram_observe
+ * n times, at the cost of one. Any thread.
+ */
+void kl_histogram_observe_n(kl_series *m, double v, uint64_t n);
+
 /** Adds `n` to cell `i` of a block its owner writes (no atomic read-modify-write needed). */
 static inline void kl_mcell_add(uint64_t *cells, uint32_t i, uint64_t n) {
   __atomic_store_n(&cells[i], __atomic_load_n(&cells[i], __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);

@@ -139,10 +139,10 @@ static void on_sink_log(void *arg, int level, const char *msg, const char *detai
            "detail", detail ? detail : "", NULL);
 }
 
-static void on_delivered(void *arg, kl_signal sig, uint64_t latency_us) {
+static void on_delivered(void *arg, kl_signal sig, uint64_t latency_us, uint64_t n) {
   kl_pipeline *p = arg;
   (void)sig;
-  keel_histogram_observe(p->latency, (double)latency_us / 1e6);
+  kl_histogram_observe_n(p->latency, (double)latency_us / 1e6, n);
 }
 
 /* ---- ingest ------------------------------------------------------------------ */

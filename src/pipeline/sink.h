@@ -70,8 +70,13 @@ typedef struct kl_sink_opts {
   const char *file_dir;            /**< file sink directory (created if missing) */
   uint64_t file_bytes;             /**< rotate a file at this size (0: 64 MiB) */
   uint32_t file_keep;              /**< files kept per signal, oldest deleted (0: all) */
-  /** Called on the sink thread per delivered record: microseconds since it was appended. */
-  void (*on_delivered)(void *arg, kl_signal sig, uint64_t latency_us);
+  /**
+   * Called on the sink thread for delivered records: `n` records of signal `sig`, each
+   * delivered `latency_us` microseconds after it was appended. A run of deliveries with the
+   * same signal and latency comes as one call (the records of one append, reported in one
+   * poll, share both), so a busy sink calls it a few times per batch, not once per record.
+   */
+  void (*on_delivered)(void *arg, kl_signal sig, uint64_t latency_us, uint64_t n);
   /**
    * Called on the sink thread for what an operator should see: level 0 info, 1 warn,
    * 2 error; librdkafka's own log lines come here too (warnings and worse). Repeated errors

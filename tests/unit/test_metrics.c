@@ -145,6 +145,11 @@ static void *other_thread(void *arg) {
   return NULL;
 }
 
+static void *observe_n_unbound(void *arg) {
+  kl_histogram_observe_n(arg, 0.05, 3);
+  return NULL;
+}
+
 static void test_app_api_from_any_thread(void **state) {
   (void)state;
   kl_metrics *m = kl_metrics_new();
@@ -170,12 +175,37 @@ static void test_app_api_from_any_thread(void **state) {
   kl_metrics_free(m);
 }
 
+/* kl_histogram_observe_n: n observations at once, from the owner's block and the shared one. */
+static void test_histogram_observe_n(void **state) {
+  (void)state;
+  kl_metrics *m = kl_metrics_new();
+  kl_series *h;
+  assert_int_equal(kl_metrics_add(m, "n_seconds", "N.", KL_M_HISTOGRAM, NULL, bounds, 2, &h), 0);
+  assert_int_equal(kl_metrics_freeze(m, 1), 0);
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, observe_n_unbound, h), 0); /* shared block */
+  pthread_join(t, NULL);
+  kl_metrics_bind(m, 0); /* the owner's block */
+  kl_histogram_observe_n(h, 0.5, 4);
+  kl_histogram_observe_n(h, 2, 1);
+  kl_histogram_observe_n(h, 2, 0); /* nothing */
+  char *text = render(m, 0);
+  assert_non_null(strstr(text, "\nn_seconds_bucket{le=\"0.1\"} 3\n"));
+  assert_non_null(strstr(text, "\nn_seconds_bucket{le=\"1\"} 7\n"));
+  assert_non_null(strstr(text, "\nn_seconds_bucket{le=\"+Inf\"} 8\n"));
+  assert_non_null(strstr(text, "\nn_seconds_sum 4.15\n"));
+  assert_non_null(strstr(text, "\nn_seconds_count 8\n"));
+  free(text);
+  kl_metrics_free(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_registration_rules),
       cmocka_unit_test(test_workers_summed_and_rendered),
       cmocka_unit_test(test_key_table_overflow_counted),
       cmocka_unit_test(test_app_api_from_any_thread),
+      cmocka_unit_test(test_histogram_observe_n),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

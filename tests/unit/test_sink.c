@@ -145,12 +145,12 @@ static void fake_rewind(void *arg) {
   pthread_mutex_unlock(&f->mu);
 }
 
-static void on_delivered(void *arg, kl_signal sig, uint64_t latency_us) {
+static void on_delivered(void *arg, kl_signal sig, uint64_t latency_us, uint64_t n) {
   fake_src *f = arg;
   (void)latency_us;
   int none = -1;
   atomic_compare_exchange_strong(&f->first_sig, &none, (int)sig);
-  atomic_fetch_add(&f->delivered[sig], 1);
+  atomic_fetch_add(&f->delivered[sig], n);
 }
 
 static size_t fake_committed(fake_src *f) {
