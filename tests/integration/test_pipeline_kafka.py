@@ -154,13 +154,21 @@ def test_brokers_down_10s_nothing_lost():
 
 def test_produce_errors_nothing_lost():
     with MockCluster() as kc, Keel(env=kafka_env(kc)) as k:
+        # A first delivery before the faults: librdkafka 2.0.2's mock cluster can record an
+        # idempotent producer's very first sequence even when it answers that request with an
+        # injected error, and then acknowledge its retry as a duplicate without storing it
+        # (seen here once in about ten runs, always record 0). Real brokers do not; the faults
+        # below hit a producer that is past its first batch.
+        st, _, _ = post(k, "/v1/logs", g.logs_request([1000]))
+        assert st == 200
+        assert seqs_in(kc, "logs", {1000}) == [1000]
         kc.command("errors produce 6 NOT_LEADER_FOR_PARTITION")
         kc.command("errors produce 2 REQUEST_TIMED_OUT")
         for b in range(4):
             st, _, _ = post(k, "/v1/logs", g.logs_request(range(b * 25, b * 25 + 25)))
             assert st == 200
         got = seqs_in(kc, "logs", set(range(100)), timeout=60)
-        assert set(got) == set(range(100)), (
+        assert set(range(100)) <= set(got), (
             sorted(set(range(100)) - set(got))[:10],
             [(n, metric(k, n)) for n in ("keel_pipeline_buffer_records",
                                          "keel_pipeline_delivery_failures_total",
