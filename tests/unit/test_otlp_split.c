@@ -13,32 +13,7 @@
 #include "pipeline/otlp.h"
 #include "pipeline/pb.h"
 
-/* ---- a tiny encoder, written for the test: sub-messages are built inside out ---- */
-
-typedef struct enc {
-  uint8_t b[8192];
-  size_t n;
-} enc;
-
-static void put_varint(enc *e, uint64_t v) {
-  do {
-    uint8_t c = v & 0x7f;
-    v >>= 7;
-    e->b[e->n++] = (uint8_t)(c | (v ? 0x80 : 0));
-  } while (v);
-}
-
-static void put_key(enc *e, uint32_t num, unsigned wt) {
-  put_varint(e, (uint64_t)num << 3 | wt);
-}
-
-static void put_len(enc *e, uint32_t num, const void *p, size_t n) {
-  assert_true(e->n + n + 16 <= sizeof e->b);
-  put_key(e, num, KL_PB_LEN);
-  put_varint(e, n);
-  if (n) memcpy(e->b + e->n, p, n);
-  e->n += n;
-}
+#include "pb_enc.h"
 
 static void put_msg(enc *e, uint32_t num, const enc *sub) {
   put_len(e, num, sub->b, sub->n);
@@ -51,11 +26,6 @@ static void put_str(enc *e, uint32_t num, const char *s) {
 static void put_vint(enc *e, uint32_t num, uint64_t v) {
   put_key(e, num, KL_PB_VARINT);
   put_varint(e, v);
-}
-
-static void put_fixed(enc *e, uint32_t num, uint64_t v, unsigned bytes) {
-  put_key(e, num, bytes == 8 ? KL_PB_I64 : KL_PB_I32);
-  for (unsigned i = 0; i < bytes; i++) e->b[e->n++] = (uint8_t)(v >> (8 * i));
 }
 
 static void cat(enc *e, const enc *more) {

@@ -11,35 +11,8 @@
 #include "obs/trace.h"
 #include "pipeline/pb.h"
 
-/* A tiny encoder, written for the test. */
-typedef struct enc {
-  uint8_t b[512];
-  size_t n;
-} enc;
+#include "pb_enc.h"
 
-static void put_varint(enc *e, uint64_t v) {
-  do {
-    uint8_t c = v & 0x7f;
-    v >>= 7;
-    e->b[e->n++] = (uint8_t)(c | (v ? 0x80 : 0));
-  } while (v);
-}
-
-static void put_key(enc *e, uint32_t num, unsigned wt) {
-  put_varint(e, (uint64_t)num << 3 | wt);
-}
-
-static void put_len(enc *e, uint32_t num, const void *p, size_t n) {
-  put_key(e, num, KL_PB_LEN);
-  put_varint(e, n);
-  memcpy(e->b + e->n, p, n);
-  e->n += n;
-}
-
-static void put_fixed(enc *e, uint32_t num, uint64_t v, unsigned bytes) {
-  put_key(e, num, bytes == 8 ? KL_PB_I64 : KL_PB_I32);
-  for (unsigned i = 0; i < bytes; i++) e->b[e->n++] = (uint8_t)(v >> (8 * i));
-}
 
 static void test_every_wire_type(void **state) {
   (void)state;
