@@ -169,6 +169,24 @@ KEEL_API void keel_server_stop(keel_server *srv);
 /** Returns the port actually bound (useful with port 0), or 0 before run() binds. */
 KEEL_API int keel_server_port(const keel_server *srv);
 
+/**
+ * Names a handler that gateway routes may use (`handler: NAME` in the config), e.g.
+ * "echo". Call before keel_server_gateway(). 0, -EINVAL, -ENOSPC (16 at most), -ENOMEM.
+ */
+KEEL_API int keel_handler_register(keel_server *srv, const char *name, keel_handler fn, void *ud);
+/**
+ * Loads the API gateway from the config file `path`: its `upstreams:` and `routes:`
+ * sections (docs/gateway.md). Routes are matched, in order, after the server's own exact
+ * routes (keel_route, probes, metrics). Call before keel_server_run(). Returns the number of
+ * routes, or -EINVAL with "FILE:LINE: what" in `err`.
+ */
+KEEL_API int keel_server_gateway(keel_server *srv, const char *path, char *err, size_t errlen);
+/**
+ * Checks the gateway sections of `path` without a server; `handlers` is a NULL-terminated
+ * list of the handler names routes may use. Returns the number of routes or -EINVAL.
+ */
+KEEL_API int keel_gateway_check(const char *path, const char *const *handlers, char *err,
+                                size_t errlen);
 /** Frees a server that is not running. NULL is ignored. */
 KEEL_API void keel_server_free(keel_server *srv);
 

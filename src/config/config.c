@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <yaml.h>
 
+#include "config/config.h"
 #include "keel/keel.h"
 
 /*
@@ -1000,6 +1001,7 @@ static int load_mapping(loader *L, const yaml_node_t *map, const char *prefix) {
     bool bad = strlen(k) != kn->data.scalar.length || kn->data.scalar.length > 100;
     snprintf(name, sizeof name, "%s%s%.100s", prefix, prefix[0] ? "." : "", k);
 
+    if (!prefix[0] && !bad && kl_conf_foreign_section(name)) continue; /* the gateway's */
     int i = bad ? -1 : find_key(name);
     int sec = (bad || i >= 0) ? -1 : find_section(name);
     int rc;
@@ -1164,4 +1166,27 @@ int keel_config_load_file(keel_config *cfg, const char *path, char *err, size_t 
   free(text);
   if (rc == 0) *cfg = tmp;
   return rc;
+}
+
+/* ---- text forms for other loaders ------------------------------------------ */
+
+int kl_conf_duration(const char *s, uint64_t *ms, char *msg, size_t n) {
+  const key k = {.name = "", .kind = K_DURATION, .min = 0, .max = 30 * 24 * HOUR};
+  return parse_duration(&k, s, ms, msg, n);
+}
+
+int kl_conf_size(const char *s, uint64_t *bytes, char *msg, size_t n) {
+  const key k = {.name = "", .kind = K_SIZE, .min = 0, .max = UINT64_MAX};
+  return parse_size(&k, s, bytes, msg, n);
+}
+
+int kl_conf_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out, char *msg, size_t n) {
+  const key k = {.name = "", .kind = K_UINT, .min = min, .max = max};
+  return parse_uint(&k, s, out, msg, n);
+}
+
+int kl_conf_hostport(const char *s, char *msg, size_t n) { return parse_listen(s, msg, n); }
+
+int kl_conf_foreign_section(const char *name) {
+  return strcmp(name, "upstreams") == 0 || strcmp(name, "routes") == 0;
 }

@@ -10,6 +10,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "gateway/gw.h"
 #include "http/server_internal.h"
 #include "keel/json.h"
 
@@ -22,12 +23,15 @@
 #define KL_LINGER_DRAIN_MS 250
 #define KL_ACCEPTS_PER_EVENT 64
 #define KL_POOL_MAX 1024           /* connection structs kept for reuse per worker */
+#define KL_STREAM_HIGH (64 * 1024) /* streamed response: backlog that pauses the producer */
 
 #define CONN_OF(ptr, field) ((kl_conn *)(void *)((char *)(ptr)-offsetof(kl_conn, field)))
 
 static void conn_process(kl_conn *c);
 static void conn_compact(kl_conn *c);
 static int conn_flush(kl_conn *c);
+static void conn_read(kl_conn *c);
+static void stream_events(kl_conn *c);
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
@@ -59,6 +63,11 @@ static void conn_close(kl_conn *c) {
   if (c->state == KL_CONN_WAIT && c->wait_cancel) {
     c->wait_cancel(c->wait_arg, c->wait_id);
     c->wait_cancel = NULL;
+  }
+  if (c->state == KL_CONN_STREAM && c->sops) {
+    const kl_stream_ops *o = c->sops;
+    c->sops = NULL;
+    o->cancel(c->sarg);
   }
   kl_io_stop(&w->loop, &c->io);
   close(c->io.fd);
@@ -317,6 +326,10 @@ static int conn_flush(kl_conn *c) {
     conn_linger(c);
     return 0;
   }
+  if (c->state == KL_CONN_STREAM && !c->closed) {
+    stream_events(c);
+    return 0;
+  }
   if (!c->reading && !c->closed && c->state != KL_CONN_LINGER && c->state != KL_CONN_WAIT) {
     c->reading = 1;
     conn_want(c, EPOLLIN | EPOLLRDHUP);
@@ -556,6 +569,67 @@ static void conn_finish(kl_conn *c, const kl_route *r, uint32_t slot, size_t req
   c->gen++;
 }
 
+/* The current request's Host header value (NULL when absent). */
+static const char *conn_host(const kl_conn *c, size_t *len) {
+  const char *base = c->in.data + c->in_start;
+  for (uint32_t i = 0; i < c->head.nheaders; i++) {
+    const kl_header *h = &c->w->hdrs[i];
+    if (kl_http_name_eq(base + h->name_off, h->name_len, "host")) {
+      *len = h->value_len;
+      return base + h->value_off;
+    }
+  }
+  return NULL;
+}
+
+/*
+ * Gateway routes match the normalised path (gw/route.c). It is written over the original in
+ * place (never longer), right-aligned with '/' padding in front, so that a second parse of
+ * the same head (conn_dispatch) finds a path that normalises to the same: 0, or -1 when the
+ * path is ambiguous (400 answered).
+ */
+static int conn_normalize(kl_conn *c) {
+  if (c->head.path_len == 0) return 0;
+  char *p = c->in.data + c->in_start + c->head.path_off;
+  size_t len = c->head.path_len;
+  const char *why = NULL;
+  long n = kl_gw_normalize(p, len, p, &why);
+  if (n < 0) {
+    respond_error_close(c, 400, why, (long)c->head.path_off, 0);
+    return -1;
+  }
+  memmove(p + len - (size_t)n, p, (size_t)n);
+  memset(p, '/', len - (size_t)n);
+  c->head.path_off += (uint32_t)(len - (size_t)n);
+  c->head.path_len = (uint32_t)n;
+  return 0;
+}
+
+/* The route of the request in c->head: keel's own exact routes, then the gateway's. */
+static const kl_route *conn_find_route(kl_conn *c, char *allow, size_t allowlen) {
+  kl_worker *w = c->w;
+  const char *base = c->in.data + c->in_start;
+  const char *m = base + c->head.method_off, *path = base + c->head.path_off;
+  const kl_route *r = kl_route_find(w->srv, c->listener, m, c->head.method_len, path,
+                                    c->head.path_len, allow, allowlen);
+  if (r || allow[0] || !w->srv->gw || c->listener != 0) return r;
+  size_t hlen = 0;
+  const char *host = conn_host(c, &hlen);
+  const kl_gw_route *g = kl_gw_match(w->srv->gw, host, hlen, m, c->head.method_len,
+                                     c->head.path_len ? path : "/", c->head.path_len ? c->head.path_len : 1,
+                                     allow, allowlen);
+  return g ? &g->rt : NULL;
+}
+
+/* The metrics slot of a request on route `r` (NULL: unmatched). */
+static uint32_t conn_slot(const kl_conn *c, const kl_route *r, const char *base) {
+  kl_worker *w = c->w;
+  unsigned mi = kl_stats_method(base + c->head.method_off, c->head.method_len);
+  if (!r) return w->srv->stats.unmatched + mi;
+  if (r->gw) return kl_gw_slot(r->gw, mi);
+  return r->slot + (c->head.is_head && r->method[0] == 'G'); /* HEAD on a GET route */
+}
+
 /* Runs the handler for the complete request in `in` and moves to the next one. */
 static void conn_dispatch(kl_conn *c, size_t req_end) {
   kl_worker *w = c->w;
@@ -570,6 +644,7 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
     c->head.expect_continue = expect;
     w->hdrs_conn = c;
     w->hdrs_gen = c->gen;
+    if (w->srv->gw && c->listener == 0) conn_normalize(c); /* as at head time: cannot fail */
   }
   memset(req, 0, sizeof(*req));
   req->conn = c;
@@ -579,13 +654,12 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
   w->hdrbuf.len = 0;
 
   char allow[128];
-  const kl_route *r = kl_route_find(w->srv, c->listener, base + c->head.method_off,
-                                    c->head.method_len, base + c->head.path_off,
-                                    c->head.path_len, allow, sizeof(allow));
-  uint32_t slot;
+  allow[0] = '\0';
+  const kl_route *r = c->route ? c->route : conn_find_route(c, allow, sizeof(allow));
+  c->route = NULL;
+  uint32_t slot = conn_slot(c, r, base);
   if (!r || !(r->flags & KL_ROUTE_UNTRACED)) kl_reqtrace_begin(w, req, r);
   if (r) {
-    slot = r->slot + (c->head.is_head && r->method[0] == 'G'); /* HEAD on a GET route */
     r->handler(req, r->userdata);
     if (req->deferred && !req->responded) {
       c->wait_route = r;
@@ -600,14 +674,12 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
       keel_respond_error(req, 500, "handler did not respond");
     }
   } else if (allow[0]) {
-    slot = w->srv->stats.unmatched + kl_stats_method(base + c->head.method_off, c->head.method_len);
     keel_resp_header(req, "Allow", allow);
     char body[200];
     int n = snprintf(body, sizeof(body), "{\"error\":\"method not allowed\",\"allow\":\"%s\"}",
                      allow);
     keel_respond(req, 405, "application/json", body, (size_t)n);
   } else {
-    slot = w->srv->stats.unmatched + kl_stats_method(base + c->head.method_off, c->head.method_len);
     keel_str p = keel_req_path(req);
     size_t cap = 64 + p.len * 6;
     char *body = kl_arena_alloc(&w->arena, cap);
@@ -640,30 +712,292 @@ void kl_req_defer(keel_req *req, kl_deferred *d, uint32_t timeout_ms,
   d->id = c->wait_id;
 }
 
-keel_req *kl_deferred_req(const kl_deferred *d) {
+/* After a request finished outside the parser: requests pipelined behind it, then output. */
+static void conn_continue(kl_conn *c) {
+  if (c->closed || c->busy) return; /* the parser's caller goes on by itself */
+  conn_process(c);
+  if (!c->closed) conn_flush(c);
+}
+
+/* Is `d` still the request waiting on its connection (deferred, or streamed and unanswered)? */
+static kl_conn *deferred_conn(const kl_deferred *d) {
   kl_conn *c = d->conn;
-  if (c->closed || c->state != KL_CONN_WAIT || c->wait_id != d->id) return NULL;
+  if (c->closed || c->wait_id != d->id) return NULL;
+  if (c->state == KL_CONN_WAIT || (c->state == KL_CONN_STREAM && !c->stream_head)) return c;
+  return NULL;
+}
+
+keel_req *kl_deferred_req(const kl_deferred *d) {
+  kl_conn *c = deferred_conn(d);
+  if (!c) return NULL;
   c->w->hdrbuf.len = 0;
+  if (c->state == KL_CONN_STREAM && !c->stream_done) c->closing = 1; /* the body stays unread */
   return &c->req;
 }
 
 void kl_deferred_finish(const kl_deferred *d) {
-  kl_conn *c = d->conn;
-  if (c->closed || c->state != KL_CONN_WAIT || c->wait_id != d->id) return;
+  kl_conn *c = deferred_conn(d);
+  if (!c) return;
   if (!c->req.responded) keel_respond_error(&c->req, 500, "handler did not respond");
   c->wait_id = 0;
   c->wait_cancel = NULL;
-  conn_finish(c, c->wait_route, c->wait_slot, c->wait_end);
-  conn_process(c); /* requests pipelined behind it */
-  if (!c->closed) conn_flush(c);
+  size_t end = c->wait_end;
+  if (c->state == KL_CONN_STREAM) {
+    c->sops = NULL;
+    if (!c->stream_done) c->closing = 1;
+    end = c->head.chunked ? c->raw_pos : c->head.head_len;
+  }
+  conn_finish(c, c->wait_route, c->wait_slot, end);
+  conn_continue(c); /* requests pipelined behind it */
 }
+
+/* ---- streamed requests (KL_ROUTE_STREAM) ----------------------------------------------- */
+
+static void stream_body(kl_conn *c);
+
+/* Dispatches a streamed route's request as soon as its head is in. */
+static void conn_dispatch_stream(kl_conn *c) {
+  kl_worker *w = c->w;
+  keel_req *req = &c->req;
+  const kl_route *r = c->route;
+  const char *base = c->in.data + c->in_start;
+  c->route = NULL;
+  memset(req, 0, sizeof(*req));
+  req->conn = c;
+  req->base = base;
+  w->hdrbuf.len = 0;
+  c->sops = NULL;
+  c->stream_left = c->head.chunked ? 0 : c->head.content_length;
+  c->stream_done = !c->head.chunked && c->head.content_length == 0;
+  c->stream_head = c->stream_chunked = c->stream_drain = 0;
+  c->raw_pos = c->body_pos = c->head.head_len;
+  kl_chunked_init(&c->chunked);
+  uint32_t slot = conn_slot(c, r, base), gen = c->gen;
+  c->wait_route = r;
+  c->wait_slot = slot;
+  if (!(r->flags & KL_ROUTE_UNTRACED)) kl_reqtrace_begin(w, req, r);
+  c->busy++;
+  r->handler(req, r->userdata);
+  c->busy--;
+  if (c->closed || c->gen != gen) return; /* answered and finished inside the handler */
+  if ((c->state == KL_CONN_STREAM || c->state == KL_CONN_WAIT) && !req->responded) {
+    kl_arena_reset(&w->arena);
+    if (c->state == KL_CONN_STREAM && !c->stream_done) conn_deadline(c, w->srv->cfg.body_timeout_ms);
+    if (c->state == KL_CONN_STREAM && c->stream_done) {
+      c->deadline = UINT64_MAX;
+      stream_events(c);
+    }
+    return;
+  }
+  if (!req->responded) {
+    w->hdrbuf.len = 0;
+    keel_respond_error(req, 500, "handler did not respond");
+  }
+  if (!c->stream_done) c->closing = 1; /* answered before the body: it is not read */
+  conn_finish(c, r, slot, c->head.head_len);
+}
+
+/* Hands the body bytes buffered so far to the handler; pauses reading when it takes fewer. */
+static void stream_body(kl_conn *c) {
+  while (!c->stream_done && c->sops && !c->closed) {
+    char *base = c->in.data + c->in_start;
+    size_t avail = c->in.len - c->in_start, hl = c->head.head_len, have;
+    int end;
+    if (!c->head.chunked) {
+      have = avail - hl < c->stream_left ? avail - hl : (size_t)c->stream_left;
+      end = have == c->stream_left;
+    } else {
+      kl_http_error err;
+      uint64_t max = c->wait_route && c->wait_route->body_max ? c->wait_route->body_max : UINT64_MAX;
+      int rc = kl_chunked_decode(&c->chunked, base, avail, &c->raw_pos, &c->body_pos, max,
+                                 c->w->srv->cfg.header_bytes_max, &err);
+      if (rc < 0) {
+        kl_deferred d = {c, c->wait_id};
+        if (!c->stream_head) { /* the handler still waits: answer the client ourselves */
+          const kl_stream_ops *o = c->sops;
+          c->sops = NULL;
+          o->cancel(c->sarg);
+          respond_error_close(c, err.status, err.msg, (long)err.offset, err.framing);
+        } else {
+          kl_stream_abort(&d);
+        }
+        return;
+      }
+      have = c->body_pos - hl;
+      end = rc == 1;
+    }
+    if (have == 0 && !end) break;
+    uint32_t gen = c->gen;
+    c->busy++;
+    size_t took = c->sops->body(c->sarg, base + hl, have, end);
+    c->busy--;
+    if (c->closed || c->state != KL_CONN_STREAM || c->gen != gen) return;
+    if (took > have) took = have;
+    /* Taken bytes leave the buffer: what follows slides down behind the head. */
+    memmove(base + hl, base + hl + took, avail - hl - took);
+    c->in.len -= took;
+    if (c->head.chunked) {
+      c->raw_pos -= took;
+      c->body_pos -= took;
+    } else {
+      c->stream_left -= took;
+    }
+    c->stream_paused = took < have;
+    if (c->stream_paused) break; /* the handler is full: kl_stream_resume continues */
+    if (end) c->stream_done = 1;
+    if (have == 0) break;
+  }
+  if (c->closed) return;
+  if (c->stream_done) c->deadline = UINT64_MAX; /* the handler's own timers run from here */
+  else conn_deadline(c, c->w->srv->cfg.body_timeout_ms);
+  stream_events(c);
+}
+
+/* A streamed connection reads while the body is coming and the handler keeps up, and waits
+ * for output room while its response backs up. */
+static void stream_events(kl_conn *c) {
+  int rd = !c->stream_done && !c->stream_paused &&
+           c->in.len - c->in_start < (size_t)64 * 1024 + c->head.head_len;
+  int wr = c->seg_first < c->nsegs;
+  c->reading = (uint8_t)rd;
+  conn_want(c, (rd ? EPOLLIN | EPOLLRDHUP : 0) | (wr ? EPOLLOUT : 0));
+}
+
+void kl_req_stream(keel_req *req, kl_deferred *d, const kl_stream_ops *ops, void *arg) {
+  kl_conn *c = req->conn;
+  req->deferred = 1;
+  c->state = KL_CONN_STREAM;
+  c->wait_id = ++c->w->wait_seq;
+  c->wait_cancel = NULL;
+  c->sops = ops;
+  c->sarg = arg;
+  d->conn = c;
+  d->id = c->wait_id;
+}
+
+/* The streamed connection of `d`, or NULL when that request is over. */
+static kl_conn *stream_conn(const kl_deferred *d) {
+  kl_conn *c = d->conn;
+  if (c->closed || c->state != KL_CONN_STREAM || c->wait_id != d->id) return NULL;
+  return c;
+}
+
+void kl_stream_resume(const kl_deferred *d) {
+  kl_conn *c = stream_conn(d);
+  if (!c) return;
+  c->stream_paused = 0;
+  stream_body(c);
+  if (c->closed) return;
+  if (c->state != KL_CONN_STREAM) conn_continue(c);
+  else if (c->reading && !c->busy) conn_read(c);
+}
+
+int kl_stream_head(const kl_deferred *d, int status, const char *headers, size_t hlen,
+                   int64_t length, int bodiless) {
+  kl_conn *c = stream_conn(d);
+  if (!c || c->stream_head) return -1;
+  int keep = conn_keeps(c) && c->stream_done;
+  if (kl_buf_reserve(&c->out, 160 + KL_DATE_LEN + hlen) != 0) return -1;
+  char *start = c->out.data + c->out.len, *p = start;
+  const char *r = reason(status);
+  p = PUTS(p, "HTTP/1.1 ");
+  p = put_uint(p, (uint64_t)status);
+  *p++ = ' ';
+  p = put(p, r, strlen(r));
+  p = PUTS(p, "\r\nDate: ");
+  p = put(p, c->w->loop.date, KL_DATE_LEN);
+  p = PUTS(p, "\r\n");
+  p = put(p, headers, hlen);
+  if (!bodiless && length >= 0) {
+    p = PUTS(p, "Content-Length: ");
+    p = put_uint(p, (uint64_t)length);
+    p = PUTS(p, "\r\n");
+  } else if (!bodiless) {
+    if (c->head.minor == 0) keep = 0; /* an HTTP/1.0 client: the body ends at the close */
+    else p = PUTS(p, "Transfer-Encoding: chunked\r\n");
+    c->stream_chunked = c->head.minor != 0;
+  }
+  if (!keep) {
+    p = PUTS(p, "Connection: close\r\n");
+    c->closing = 1;
+  } else if (c->head.minor == 0) {
+    p = PUTS(p, "Connection: keep-alive\r\n");
+  }
+  p = PUTS(p, "\r\n");
+  size_t n = (size_t)(p - start);
+  seg_push(c, c->out.len, n);
+  c->out.len += n;
+  c->stream_head = 1;
+  c->req.responded = 1; /* for the 500 fallback and the log; the body follows */
+  c->req.status = status;
+  if (c->req.conn->head.is_head || bodiless) c->stream_chunked = 0;
+  return 0;
+}
+
+int kl_stream_write(const kl_deferred *d, const char *p, size_t n) {
+  kl_conn *c = stream_conn(d);
+  if (!c || !c->stream_head) return -1;
+  if (n == 0) goto flush;
+  if (kl_buf_reserve(&c->out, n + 24) != 0) return -1;
+  if (c->stream_chunked) {
+    char line[24];
+    int l = snprintf(line, sizeof line, "%zx\r\n", n);
+    memcpy(c->out.data + c->out.len, line, (size_t)l);
+    seg_push(c, c->out.len, (size_t)l);
+    c->out.len += (size_t)l;
+  }
+  memcpy(c->out.data + c->out.len, p, n);
+  seg_push(c, c->out.len, n);
+  c->out.len += n;
+  if (c->stream_chunked) {
+    memcpy(c->out.data + c->out.len, "\r\n", 2);
+    seg_push(c, c->out.len, 2);
+    c->out.len += 2;
+  }
+  c->req.resp_body_len += n;
+flush: /* what the upstream sent goes on at once (one send per upstream read) */
+  if (c->seg_first < c->nsegs && conn_flush(c) == 0 && c->closed) return -1;
+  if (c->closed) return -1;
+  if (c->seg_first < c->nsegs && (c->nsegs + 8 > KL_SEGS_MAX || c->out.len >= KL_STREAM_HIGH)) {
+    c->stream_drain = 1;
+    return 1;
+  }
+  return 0;
+}
+
+void kl_stream_end(const kl_deferred *d) {
+  kl_conn *c = stream_conn(d);
+  if (!c) return;
+  if (!c->stream_head) {
+    kl_stream_abort(d);
+    return;
+  }
+  if (c->stream_chunked && kl_buf_append(&c->out, "0\r\n\r\n", 5) == 0)
+    seg_push(c, c->out.len - 5, 5);
+  c->sops = NULL;
+  c->wait_id = 0;
+  if (!c->stream_done) c->closing = 1;
+  size_t end = c->head.chunked ? c->raw_pos : c->head.head_len;
+  conn_finish(c, c->wait_route, c->wait_slot, end);
+  conn_continue(c); /* requests pipelined behind it */
+}
+
+void kl_stream_abort(const kl_deferred *d) {
+  kl_conn *c = stream_conn(d);
+  if (!c) return;
+  c->sops = NULL;
+  conn_close(c);
+}
+
+const char *kl_deferred_peer(const kl_deferred *d) { return kl_conn_peer(d->conn); }
 
 /* Parses and handles every complete request buffered, as far as output backpressure allows. */
 static void conn_process(kl_conn *c) {
   kl_worker *w = c->w;
   const keel_config *cfg = &w->srv->cfg;
   uint64_t body_max = w->srv->listeners[c->listener].body_max;
-  while (!c->closing && !c->closed && c->state != KL_CONN_WAIT) {
+  while (!c->closing && !c->closed && c->state != KL_CONN_WAIT &&
+         (c->state != KL_CONN_STREAM || !c->stream_done)) {
     if (c->nsegs + 4 > KL_SEGS_MAX || c->out.len > KL_OUT_HIGH) {
       if (conn_flush(c) || c->closed) return; /* resumes from the EPOLLOUT handler */
     }
@@ -698,6 +1032,20 @@ static void conn_process(kl_conn *c) {
       }
       w->hdrs_conn = c;
       w->hdrs_gen = c->gen;
+      if (w->srv->gw && c->listener == 0) {
+        char allow[128];
+        if (conn_normalize(c) != 0) return;
+        c->route = conn_find_route(c, allow, sizeof(allow));
+        if (c->route && (c->route->flags & KL_ROUTE_STREAM)) {
+          uint64_t max = c->route->body_max;
+          if (max && c->head.has_length && c->head.content_length > max) {
+            respond_error_close(c, 413, "request body too large", (long)c->head.head_len, 0);
+            return;
+          }
+          conn_dispatch_stream(c);
+          continue;
+        }
+      }
       if (c->head.has_length && c->head.content_length > body_max) {
         respond_error_close(c, 413, "request body too large", (long)c->head.head_len, 0);
         return;
@@ -714,6 +1062,11 @@ static void conn_process(kl_conn *c) {
       c->raw_pos = c->body_pos = c->head.head_len;
       kl_chunked_init(&c->chunked);
       conn_deadline(c, cfg->body_timeout_ms);
+    }
+    if (c->state == KL_CONN_STREAM) {
+      stream_body(c);
+      if (c->closed || c->state == KL_CONN_STREAM) return;
+      continue; /* it ended inside the handler: on to the next request */
     }
     /* KL_CONN_BODY */
     if (c->head.expect_continue && !c->sent_continue && avail == c->head.head_len) {
@@ -833,6 +1186,15 @@ static void conn_event(kl_loop *loop, kl_io *io, uint32_t events) {
   }
   if (events & EPOLLOUT) {
     if (conn_flush(c) || c->closed) return;
+    if (c->state == KL_CONN_STREAM && c->stream_drain && c->sops) {
+      c->stream_drain = 0;
+      c->busy++;
+      c->sops->drained(c->sarg);
+      c->busy--;
+      if (c->closed) return;
+      if (c->state != KL_CONN_STREAM) conn_continue(c);
+      return;
+    }
     if (c->reading) {
       conn_process(c); /* pipelined requests waiting behind the backlog */
       if (!c->closed) conn_flush(c);
@@ -850,6 +1212,17 @@ static void conn_timer_cb(kl_timer *t) {
   }
   if (c->state == KL_CONN_LINGER || c->seg_first < c->nsegs) {
     conn_close(c); /* linger over, or the peer stopped reading our response */
+  } else if (c->state == KL_CONN_STREAM) {
+    if (c->stream_done) return; /* the handler's own timers run */
+    kl_deferred d = {c, c->wait_id};
+    if (c->stream_head) {
+      kl_stream_abort(&d);
+    } else {
+      const kl_stream_ops *o = c->sops;
+      c->sops = NULL;
+      if (o) o->cancel(c->sarg);
+      respond_error_close(c, 408, "timed out reading the request body", -1, 0);
+    }
   } else if (c->state == KL_CONN_WAIT) {
     /* The deferred answer is late: say so; the waiter finds the request gone. */
     kl_deferred d = {c, c->wait_id};

@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include "http/otlp_http.h"
+#include "gateway/gw.h"
+#include "gateway/health.h"
 #include "http/server_internal.h"
 #include "pipeline/grpc.h"
 #include "pipeline/pipeline.h"
@@ -50,6 +52,7 @@ int kl_route_add(keel_server *srv, unsigned listener, const char *method, const 
     srv->cap_routes = cap;
   }
   kl_route *r = &srv->routes[srv->nroutes];
+  memset(r, 0, sizeof(*r));
   r->method = strdup(method);
   r->path = strdup(path);
   if (!r->method || !r->path) {
@@ -238,6 +241,42 @@ fail:
   return NULL;
 }
 
+int keel_handler_register(keel_server *srv, const char *name, keel_handler fn, void *ud) {
+  if (!srv || !name || !fn || !name[0] || strlen(name) >= sizeof(srv->handlers[0].name))
+    return -EINVAL;
+  if (srv->nhandlers == KL_GW_HANDLERS_MAX) return -ENOSPC;
+  if (!srv->handlers && !(srv->handlers = calloc(KL_GW_HANDLERS_MAX, sizeof(*srv->handlers))))
+    return -ENOMEM;
+  kl_gw_handler *h = &srv->handlers[srv->nhandlers++];
+  snprintf(h->name, sizeof(h->name), "%s", name);
+  h->fn = fn;
+  h->ud = ud;
+  return 0;
+}
+
+int keel_server_gateway(keel_server *srv, const char *path, char *err, size_t errlen) {
+  if (!srv || !path) return -EINVAL;
+  kl_gw *gw = kl_gw_load(path, srv->handlers, srv->nhandlers, err, errlen);
+  if (!gw) return -EINVAL;
+  kl_gw_free(srv->gw);
+  srv->gw = gw;
+  return (int)gw->nroutes;
+}
+
+int keel_gateway_check(const char *path, const char *const *handlers, char *err, size_t errlen) {
+  kl_gw_handler hs[KL_GW_HANDLERS_MAX];
+  size_t n = 0;
+  for (; handlers && handlers[n] && n < KL_GW_HANDLERS_MAX; n++) {
+    memset(&hs[n], 0, sizeof(hs[n]));
+    snprintf(hs[n].name, sizeof(hs[n].name), "%s", handlers[n]);
+  }
+  kl_gw *gw = kl_gw_load(path, hs, n, err, errlen);
+  if (!gw) return -EINVAL;
+  int routes = (int)gw->nroutes;
+  kl_gw_free(gw);
+  return routes;
+}
+
 void keel_server_free(keel_server *srv) {
   if (!srv) return;
   for (size_t i = 0; i < srv->nroutes; i++) {
@@ -245,6 +284,8 @@ void keel_server_free(keel_server *srv) {
     free(srv->routes[i].path);
   }
   free(srv->routes);
+  kl_gw_free(srv->gw);
+  free(srv->handlers);
   if (srv->stopfd >= 0) close(srv->stopfd);
   if (srv->donefd >= 0) close(srv->donefd);
   kl_log_free(srv->log);
@@ -386,7 +427,8 @@ static int worker_init(keel_server *srv, kl_worker *w, unsigned id, const int *l
   kl_trace_rng_init(&w->ids); /* getrandom; a clock-seeded fallback still gives usable ids */
   w->hdrs = calloc(cfg->header_count_max, sizeof(*w->hdrs));
   if (!w->hdrs) return -ENOMEM;
-  int rc = kl_loop_init(&w->loop, w->max_conns + 8);
+  /* A proxied request arms a timer of its own beside its connection's. */
+  int rc = kl_loop_init(&w->loop, w->max_conns * (srv->gw ? 2 : 1) + 8);
   if (rc) return rc;
   w->loop.before_sleep = worker_before_sleep;
   w->ctl_io.fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -531,6 +573,16 @@ int keel_server_run(keel_server *srv) {
       goto out;
     }
   }
+  if (srv->gw) {
+    char herr[160] = "";
+    if ((rc = kl_gw_bind(srv->gw, srv->nworkers)) != 0) goto out;
+    srv->health = kl_gw_health_start(srv->gw, srv, herr, sizeof(herr));
+    if (!srv->health && herr[0]) {
+      keel_log(srv, KEEL_LOG_ERROR, "cannot start the gateway", "error", herr, NULL);
+      rc = -EAGAIN;
+      goto out;
+    }
+  }
   if (cfg->metrics_enabled && (rc = kl_stats_setup(srv, srv->nworkers)) != 0) {
     keel_log(srv, KEEL_LOG_ERROR, "cannot set up metrics", "error", strerror(-rc), NULL);
     goto out;
@@ -632,6 +684,8 @@ int keel_server_run(keel_server *srv) {
   for (unsigned i = 0; i < srv->nworkers; i++) pthread_join(srv->workers[i].thread, NULL);
   keel_log(srv, rc ? KEEL_LOG_WARN : KEEL_LOG_INFO, "stopped", NULL);
 out:
+  kl_gw_health_stop(srv->health);
+  srv->health = NULL;
   if (srv->grpc) kl_grpc_stop(srv->grpc, cfg->drain_timeout_ms);
   srv->grpc = NULL;
   kl_pipeline_stop(srv->pipeline); /* delivers for up to shutdown.flush_timeout */

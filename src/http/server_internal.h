@@ -36,9 +36,12 @@ typedef struct kl_listener {
 } kl_listener;
 
 /** Route flags. */
-enum { KL_ROUTE_UNTRACED = 1 }; /* no SERVER span (receivers: keel's own spans may come back) */
+enum {
+  KL_ROUTE_UNTRACED = 1, /* no SERVER span (receivers: keel's own spans may come back) */
+  KL_ROUTE_STREAM = 2,   /* dispatched once the head is in; the body streams (kl_req_stream) */
+};
 
-/** A route: exact method and path, on one listener. */
+/** A route: exact method and path, on one listener (gateway routes: any method, their name). */
 typedef struct kl_route {
   char *method;
   size_t method_len;
@@ -49,13 +52,15 @@ typedef struct kl_route {
   uint32_t slot; /* metrics slot of (method, path); GET routes: +1 for HEAD */
   uint8_t listener;
   uint8_t flags;  /* KL_ROUTE_* */
+  const struct kl_gw_route *gw; /* a gateway route (its slots depend on the method) */
+  uint64_t body_max; /* KL_ROUTE_STREAM: request body cap; 0 = none */
 } kl_route;
 
 /** Output segments queued for one writev (offsets into the connection's out buffer). */
 #define KL_SEGS_MAX 128
 
 /** Connection states (see conn_set_state in conn.c). */
-enum { KL_CONN_HEAD, KL_CONN_BODY, KL_CONN_WAIT, KL_CONN_LINGER };
+enum { KL_CONN_HEAD, KL_CONN_BODY, KL_CONN_WAIT, KL_CONN_STREAM, KL_CONN_LINGER };
 
 struct keel_req {
   kl_conn *conn;
@@ -83,6 +88,16 @@ struct kl_conn {
   uint32_t wait_slot;
   size_t wait_end;      /* the deferred request's end in `in`, relative to in_start */
   uint64_t body_charge; /* bytes of its listener's body_budget the current request holds */
+  const kl_route *route; /* chosen when the head arrived (gateway on), else at dispatch */
+  const struct kl_stream_ops *sops; /* KL_CONN_STREAM: the handler's side */
+  void *sarg;
+  uint64_t stream_left;  /* Content-Length body bytes not yet handed to sops->body */
+  uint8_t stream_done;   /* the whole request body was handed over */
+  uint8_t stream_head;   /* the response head is queued */
+  uint8_t stream_chunked; /* the response body goes out chunked */
+  uint8_t stream_drain;  /* tell sops->drained when the output is flushed */
+  uint8_t stream_paused; /* the handler took fewer body bytes than offered */
+  uint8_t busy;          /* in a handler callback: finishing must not recurse into parsing */
   uint8_t state;
   uint8_t closing;      /* close once the output is flushed */
   uint8_t closed;       /* fd closed; waiting for the worker to recycle the struct */
@@ -147,6 +162,10 @@ struct kl_worker {
 
 struct keel_server {
   keel_config cfg;
+  struct kl_gw *gw;       /* gateway routes and upstreams (keel_server_gateway); NULL = none */
+  struct kl_gw_handler *handlers; /* built-in handlers routes may name (keel_handler_register) */
+  size_t nhandlers;
+  struct kl_gw_health *health; /* the gateway's active health checks; NULL when none */
   kl_log *log;
   kl_route *routes;
   size_t nroutes, cap_routes;
@@ -215,5 +234,41 @@ keel_req *kl_deferred_req(const kl_deferred *d);
 
 /** After answering with keel_respond*: completes the request and resumes the connection. */
 void kl_deferred_finish(const kl_deferred *d);
+
+/** A streamed request's handler side (KL_ROUTE_STREAM routes). Calls come on the worker. */
+typedef struct kl_stream_ops {
+  /** Body bytes, de-chunked, as they arrive; returns how many it took. The rest stays
+   *  buffered and reading pauses until kl_stream_resume. `end`: these are the last bytes. */
+  size_t (*body)(void *arg, const char *p, size_t len, int end);
+  /** The response output is flushed, after kl_stream_write returned 1. */
+  void (*drained)(void *arg);
+  /** The client is gone (closed, timed out): no further calls; forget the handle. */
+  void (*cancel)(void *arg);
+} kl_stream_ops;
+
+/**
+ * Handler-side, on a KL_ROUTE_STREAM route: the request body and the answer stream. `d`
+ * becomes the request's handle. The handler may still answer in one piece later with
+ * kl_deferred_req + keel_respond + kl_deferred_finish (then an unread body closes the
+ * connection after the answer). Worker thread.
+ */
+void kl_req_stream(keel_req *req, kl_deferred *d, const kl_stream_ops *ops, void *arg);
+/** The handler takes body bytes again (after it took fewer than offered). */
+void kl_stream_resume(const kl_deferred *d);
+/**
+ * Queues the response head: status line, Date, then `headers` ("Name: value\r\n" lines,
+ * already filtered), framing (Content-Length when `length` >= 0, else chunked, or nothing
+ * for a response that has no body) and Connection. 0, or -1 if the request is gone.
+ */
+int kl_stream_head(const kl_deferred *d, int status, const char *headers, size_t hlen,
+                   int64_t length, int bodiless);
+/** Queues body bytes: 0, 1 when the output backlog is high (wait for ops->drained), -1 gone. */
+int kl_stream_write(const kl_deferred *d, const char *p, size_t n);
+/** The response is complete: finishes the request; the connection goes on. */
+void kl_stream_end(const kl_deferred *d);
+/** The response cannot be completed: closes the client connection (no ops->cancel). */
+void kl_stream_abort(const kl_deferred *d);
+/** The client's address as text and whether its connection is TLS (for X-Forwarded-*). */
+const char *kl_deferred_peer(const kl_deferred *d);
 
 #endif

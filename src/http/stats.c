@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gateway/gw.h"
 #include "http/server_internal.h"
 
 #ifndef KEEL_GIT
@@ -101,11 +102,24 @@ static int cell_add(kl_metrics *m, const char *name, const char *help, kl_mtype 
   return rc;
 }
 
+/* The method indexes a gateway route answers (all of them without a list; HEAD with GET). */
+static unsigned gw_methods(const kl_gw_route *g, unsigned *list) {
+  uint32_t mask = g->methods ? g->methods | ((g->methods & 1u) << 1) : (1u << KL_METHODS_N) - 1;
+  unsigned k = 0;
+  for (unsigned i = 0; i < KL_METHODS_N; i++)
+    if (mask & (1u << i)) {
+      if (list) list[k] = i;
+      k++;
+    }
+  return k;
+}
+
 int kl_stats_setup(keel_server *srv, unsigned nworkers) {
   kl_metrics *m = srv->metrics;
   kl_stats *st = &srv->stats;
   uint32_t n = KL_METHODS_N;
   for (size_t i = 0; i < srv->nroutes; i++) n += strcmp(srv->routes[i].method, "GET") ? 1 : 2;
+  for (uint32_t i = 0; srv->gw && i < srv->gw->nroutes; i++) n += gw_methods(&srv->gw->routes[i], NULL);
   st->nslots = n;
   st->slot_hist = calloc(n, sizeof(uint32_t));
   st->slot_key = calloc(n, sizeof(uint32_t));
@@ -118,6 +132,13 @@ int kl_stats_setup(keel_server *srv, unsigned nworkers) {
     r->slot = slot;
     rc = slot_add(m, st, slot++, r->method, r->path);
     if (!rc && strcmp(r->method, "GET") == 0) rc = slot_add(m, st, slot++, "HEAD", r->path);
+  }
+  for (uint32_t i = 0; srv->gw && i < srv->gw->nroutes && !rc; i++) {
+    kl_gw_route *g = &srv->gw->routes[i];
+    unsigned list[KL_METHODS_N], k = gw_methods(g, list);
+    g->slot = slot;
+    g->nslots = k;
+    for (unsigned j = 0; j < k && !rc; j++) rc = slot_add(m, st, slot++, k_methods[list[j]], g->name);
   }
   st->unmatched = slot;
   for (unsigned i = 0; i < KL_METHODS_N && !rc; i++) rc = slot_add(m, st, slot++, k_methods[i], "");

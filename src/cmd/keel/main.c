@@ -116,7 +116,14 @@ int main(int argc, char **argv) {
       return 2;
     }
     if (load_config(&cfg, file, listen, workers)) return 1;
-    printf("%s: ok\n", file);
+    static const char *const handlers[] = {"hello", "echo", NULL};
+    char err[512];
+    int routes = keel_gateway_check(file, handlers, err, sizeof(err));
+    if (routes < 0) {
+      fprintf(stderr, "keel: %s\n", err);
+      return 1;
+    }
+    printf("%s: ok (%d gateway routes)\n", file, routes);
     return 0;
   }
   if (strcmp(cmd, "serve") != 0) {
@@ -130,8 +137,18 @@ int main(int argc, char **argv) {
     fprintf(stderr, "keel: %s\n", err);
     return 1;
   }
-  keel_route(srv, "GET", "/", hello, NULL);
-  keel_route(srv, "POST", "/echo", echo, NULL);
+  keel_handler_register(srv, "hello", hello, NULL);
+  keel_handler_register(srv, "echo", echo, NULL);
+  int routes = file ? keel_server_gateway(srv, file, err, sizeof(err)) : 0;
+  if (routes < 0) {
+    fprintf(stderr, "keel: %s\n", err);
+    keel_server_free(srv);
+    return 1;
+  }
+  if (routes == 0) { /* no gateway routes: the article's service */
+    keel_route(srv, "GET", "/", hello, NULL);
+    keel_route(srv, "POST", "/echo", echo, NULL);
+  }
   int rc = keel_server_run(srv);
   keel_server_free(srv);
   return rc == 0 ? 0 : 1;

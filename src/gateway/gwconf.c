@@ -1,0 +1,494 @@
+/* gwconf.c - loads the gateway's `upstreams:` and `routes:` from the YAML config file. */
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <yaml.h>
+
+#include "config/config.h"
+#include "gateway/gw.h"
+#include "gateway/proxy.h"
+#include "http/stats.h"
+
+#define STRINGS_MAX (256 * 1024) /* route hosts and paths, all routes together */
+
+typedef struct gwl {
+  const char *path;
+  yaml_document_t doc;
+  kl_gw *gw;
+  const kl_gw_handler *handlers;
+  size_t nhandlers;
+  size_t strings_used;
+  char *err;
+  size_t errlen;
+} gwl;
+
+__attribute__((format(printf, 3, 4))) static int gerr(gwl *L, const yaml_node_t *n,
+                                                     const char *fmt, ...) {
+  int w = snprintf(L->err, L->errlen, "%s:%zu: ", L->path, n ? n->start_mark.line + 1 : 0);
+  if (w >= 0 && (size_t)w < L->errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(L->err + w, L->errlen - (size_t)w, fmt, ap);
+    va_end(ap);
+  }
+  return -EINVAL;
+}
+
+static const yaml_node_t *node(gwl *L, int id) { return yaml_document_get_node(&L->doc, id); }
+
+/* The scalar text of `n`, or NULL after an error naming `what`. */
+static const char *scalar(gwl *L, const yaml_node_t *n, const char *what) {
+  if (n->type != YAML_SCALAR_NODE) {
+    gerr(L, n, "%s: expected a single value", what);
+    return NULL;
+  }
+  const char *s = (const char *)n->data.scalar.value;
+  if (strlen(s) != n->data.scalar.length) {
+    gerr(L, n, "%s: the value contains a NUL byte", what);
+    return NULL;
+  }
+  return s;
+}
+
+static char *strings_dup(gwl *L, const char *s, size_t n) {
+  if (L->strings_used + n + 1 > STRINGS_MAX) return NULL;
+  char *p = L->gw->strings + L->strings_used;
+  memcpy(p, s, n);
+  p[n] = '\0';
+  L->strings_used += n + 1;
+  return p;
+}
+
+/* Iterates the pairs of mapping `m`: for each key calls fn(L, name, value node, arg). */
+typedef int (*pair_fn)(gwl *L, const char *key, const yaml_node_t *v, void *arg);
+static int each_pair(gwl *L, const yaml_node_t *m, const char *what, pair_fn fn, void *arg) {
+  if (m->type != YAML_MAPPING_NODE) return gerr(L, m, "%s: expected a mapping", what);
+  for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
+    const yaml_node_t *k = node(L, p->key), *v = node(L, p->value);
+    if (!k || !v) return gerr(L, m, "%s: malformed mapping", what);
+    const char *name = scalar(L, k, what);
+    if (!name) return -EINVAL;
+    for (yaml_node_pair_t *q = m->data.mapping.pairs.start; q < p; q++) {
+      const yaml_node_t *k2 = node(L, q->key);
+      if (k2 && k2->type == YAML_SCALAR_NODE && strcmp((const char *)k2->data.scalar.value, name) == 0)
+        return gerr(L, k, "%s: duplicate key '%s'", what, name);
+    }
+    int rc = fn(L, name, v, arg);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static int get_ms(gwl *L, const yaml_node_t *v, const char *what, uint32_t *out) {
+  const char *s = scalar(L, v, what);
+  uint64_t ms;
+  char msg[200];
+  if (!s) return -EINVAL;
+  if (kl_conf_duration(s, &ms, msg, sizeof msg)) return gerr(L, v, "%s: %s", what, msg);
+  if (ms > UINT32_MAX) return gerr(L, v, "%s: too long", what);
+  *out = (uint32_t)ms;
+  return 0;
+}
+
+static int get_uint(gwl *L, const yaml_node_t *v, const char *what, uint64_t min, uint64_t max,
+                    uint32_t *out) {
+  const char *s = scalar(L, v, what);
+  uint64_t u;
+  char msg[200];
+  if (!s) return -EINVAL;
+  if (kl_conf_uint(s, min, max, &u, msg, sizeof msg)) return gerr(L, v, "%s: %s", what, msg);
+  *out = (uint32_t)u;
+  return 0;
+}
+
+static int get_percent(gwl *L, const yaml_node_t *v, const char *what, uint32_t *out) {
+  const char *s = scalar(L, v, what);
+  if (!s) return -EINVAL;
+  size_t n = strlen(s);
+  char num[16];
+  uint64_t u;
+  if (n < 2 || n >= sizeof num || s[n - 1] != '%')
+    return gerr(L, v, "%s: '%s' is not a percentage (e.g. 20%%)", what, s);
+  memcpy(num, s, n - 1);
+  num[n - 1] = '\0';
+  if (kl_conf_uint(num, 0, 1000, &u, NULL, 0))
+    return gerr(L, v, "%s: '%s' is not a percentage in 0%%..1000%%", what, s);
+  *out = (uint32_t)u;
+  return 0;
+}
+
+/* ---- upstreams ------------------------------------------------------------------------ */
+
+/* Resolves "host:port" into one or more endpoints (every address DNS gives, up to the cap). */
+static int add_endpoints(gwl *L, kl_gw_upstream *u, const yaml_node_t *v) {
+  const char *s = scalar(L, v, "endpoints");
+  char msg[256];
+  if (!s) return -EINVAL;
+  if (kl_conf_hostport(s, msg, sizeof msg)) return gerr(L, v, "endpoints: %s", msg);
+  char host[160];
+  const char *colon = strrchr(s, ':');
+  size_t hl = (size_t)(colon - s);
+  if (s[0] == '[') {
+    memcpy(host, s + 1, hl - 2);
+    host[hl - 2] = '\0';
+  } else {
+    memcpy(host, s, hl);
+    host[hl] = '\0';
+  }
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+  int rc = getaddrinfo(host, colon + 1, &hints, &res);
+  if (rc) return gerr(L, v, "endpoints: cannot resolve '%s': %s", s, gai_strerror(rc));
+  for (struct addrinfo *a = res; a; a = a->ai_next) {
+    if (u->neps >= KL_GW_ENDPOINTS_MAX) {
+      freeaddrinfo(res);
+      return gerr(L, v, "endpoints: more than %d addresses", KL_GW_ENDPOINTS_MAX);
+    }
+    kl_gw_endpoint *e = &u->eps[u->neps++];
+    snprintf(e->name, sizeof e->name, "%s", s);
+    memcpy(&e->addr, a->ai_addr, a->ai_addrlen);
+    e->addrlen = a->ai_addrlen;
+    if (a->ai_family == AF_INET || a->ai_family == AF_INET6) break; /* first address per name */
+  }
+  freeaddrinfo(res);
+  return 0;
+}
+
+static int health_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  kl_gw_upstream *u = arg;
+  if (!strcmp(k, "path")) {
+    const char *s = scalar(L, v, "health_check.path");
+    if (!s) return -EINVAL;
+    if (s[0] != '/' || strlen(s) >= sizeof u->hc_path || strpbrk(s, " \r\n\t"))
+      return gerr(L, v, "health_check.path: '%s' must be a path starting with '/'", s);
+    snprintf(u->hc_path, sizeof u->hc_path, "%s", s);
+    return 0;
+  }
+  if (!strcmp(k, "interval")) return get_ms(L, v, "health_check.interval", &u->hc_interval_ms);
+  if (!strcmp(k, "timeout")) return get_ms(L, v, "health_check.timeout", &u->hc_timeout_ms);
+  if (!strcmp(k, "healthy")) return get_uint(L, v, "health_check.healthy", 1, 100, &u->hc_healthy);
+  if (!strcmp(k, "unhealthy"))
+    return get_uint(L, v, "health_check.unhealthy", 1, 100, &u->hc_unhealthy);
+  return gerr(L, v, "health_check: unknown key '%s' (path, interval, timeout, healthy, unhealthy)", k);
+}
+
+static int outlier_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  kl_gw_upstream *u = arg;
+  if (!strcmp(k, "failures")) return get_uint(L, v, "outlier.failures", 0, 1000, &u->outlier_failures);
+  if (!strcmp(k, "ejection")) return get_ms(L, v, "outlier.ejection", &u->outlier_eject_ms);
+  return gerr(L, v, "outlier: unknown key '%s' (failures, ejection)", k);
+}
+
+static int budget_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  kl_gw_upstream *u = arg;
+  if (!strcmp(k, "percent")) return get_percent(L, v, "retry_budget.percent", &u->retry_budget_pct);
+  if (!strcmp(k, "min_per_second"))
+    return get_uint(L, v, "retry_budget.min_per_second", 0, 100000, &u->retry_min_per_s);
+  return gerr(L, v, "retry_budget: unknown key '%s' (percent, min_per_second)", k);
+}
+
+static int upstream_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  kl_gw_upstream *u = arg;
+  if (!strcmp(k, "endpoints")) {
+    if (v->type == YAML_SCALAR_NODE) return add_endpoints(L, u, v);
+    if (v->type != YAML_SEQUENCE_NODE) return gerr(L, v, "endpoints: expected a list of HOST:PORT");
+    for (yaml_node_item_t *i = v->data.sequence.items.start; i < v->data.sequence.items.top; i++) {
+      int rc = add_endpoints(L, u, node(L, *i));
+      if (rc) return rc;
+    }
+    return 0;
+  }
+  if (!strcmp(k, "balance")) {
+    const char *s = scalar(L, v, "balance");
+    if (!s) return -EINVAL;
+    if (!strcmp(s, "round_robin")) u->balance = KL_LB_ROUND_ROBIN;
+    else if (!strcmp(s, "least_request")) u->balance = KL_LB_LEAST_REQUEST;
+    else return gerr(L, v, "balance: '%s' is not one of round_robin|least_request", s);
+    return 0;
+  }
+  if (!strcmp(k, "keepalive")) return get_uint(L, v, "keepalive", 0, 10000, &u->keepalive);
+  if (!strcmp(k, "max_connections"))
+    return get_uint(L, v, "max_connections", 1, 1000000, &u->max_connections);
+  if (!strcmp(k, "max_pending")) return get_uint(L, v, "max_pending", 0, 1000000, &u->max_pending);
+  if (!strcmp(k, "health_check")) return each_pair(L, v, "health_check", health_pair, u);
+  if (!strcmp(k, "outlier")) return each_pair(L, v, "outlier", outlier_pair, u);
+  if (!strcmp(k, "retry_budget")) return each_pair(L, v, "retry_budget", budget_pair, u);
+  return gerr(L, v,
+              "upstream '%s': unknown key '%s' (endpoints, balance, keepalive, max_connections, "
+              "max_pending, health_check, outlier, retry_budget)",
+              u->name, k);
+}
+
+static int upstreams_pair(gwl *L, const char *name, const yaml_node_t *v, void *arg) {
+  (void)arg;
+  kl_gw *gw = L->gw;
+  if (gw->nups >= KL_GW_UPSTREAMS_MAX) return gerr(L, v, "more than %d upstreams", KL_GW_UPSTREAMS_MAX);
+  if (!name[0] || strlen(name) >= sizeof gw->ups[0].name)
+    return gerr(L, v, "upstreams: '%s' is not a usable name", name);
+  kl_gw_upstream *u = &gw->ups[gw->nups];
+  memset(u, 0, sizeof *u);
+  snprintf(u->name, sizeof u->name, "%s", name);
+  u->eps = calloc(KL_GW_ENDPOINTS_MAX, sizeof *u->eps);
+  if (!u->eps) return gerr(L, v, "out of memory");
+  gw->nups++;
+  u->keepalive = 32;
+  u->max_connections = 10000;
+  u->max_pending = 10000;
+  u->hc_interval_ms = 5000;
+  u->hc_timeout_ms = 1000;
+  u->hc_healthy = 2;
+  u->hc_unhealthy = 3;
+  u->outlier_failures = 5;
+  u->outlier_eject_ms = 10000;
+  u->retry_budget_pct = 20;
+  u->retry_min_per_s = 3;
+  int rc = each_pair(L, v, name, upstream_pair, u);
+  if (rc) return rc;
+  if (u->neps == 0) return gerr(L, v, "upstream '%s' has no endpoints", name);
+  return 0;
+}
+
+/* ---- routes --------------------------------------------------------------------------- */
+
+static int route_methods(gwl *L, kl_gw_route *r, const yaml_node_t *v) {
+  if (v->type != YAML_SEQUENCE_NODE) return gerr(L, v, "methods: expected a list, e.g. [GET, POST]");
+  for (yaml_node_item_t *i = v->data.sequence.items.start; i < v->data.sequence.items.top; i++) {
+    const yaml_node_t *n = node(L, *i);
+    const char *s = n ? scalar(L, n, "methods") : NULL;
+    if (!s) return -EINVAL;
+    unsigned mi = kl_stats_method(s, strlen(s));
+    if (mi == KL_METHODS_N - 1)
+      return gerr(L, n, "methods: '%s' is not one of GET, HEAD, POST, PUT, DELETE, CONNECT, "
+                        "OPTIONS, TRACE, PATCH", s);
+    r->methods |= 1u << mi;
+  }
+  return 0;
+}
+
+static int timeouts_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  kl_gw_route *r = arg;
+  if (!strcmp(k, "connect")) return get_ms(L, v, "timeouts.connect", &r->connect_ms);
+  if (!strcmp(k, "first_byte")) return get_ms(L, v, "timeouts.first_byte", &r->first_byte_ms);
+  if (!strcmp(k, "total")) return get_ms(L, v, "timeouts.total", &r->total_ms);
+  return gerr(L, v, "timeouts: unknown key '%s' (connect, first_byte, total)", k);
+}
+
+static int retries_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  kl_gw_route *r = arg;
+  if (!strcmp(k, "attempts")) return get_uint(L, v, "retries.attempts", 0, 10, &r->retries);
+  if (!strcmp(k, "backoff")) return get_ms(L, v, "retries.backoff", &r->retry_backoff_ms);
+  return gerr(L, v, "retries: unknown key '%s' (attempts, backoff)", k);
+}
+
+typedef struct route_ctx {
+  kl_gw_route *r;
+  const yaml_node_t *upstream; /* resolved after all upstreams are known */
+  bool has_path;
+} route_ctx;
+
+static int set_path(gwl *L, route_ctx *rc, const yaml_node_t *v, int prefix) {
+  kl_gw_route *r = rc->r;
+  const char *s = scalar(L, v, prefix ? "prefix" : "path");
+  if (!s) return -EINVAL;
+  if (rc->has_path) return gerr(L, v, "a route has either path: or prefix:, once");
+  size_t n = strlen(s);
+  if (n == 0 || s[0] != '/' || n > 1024)
+    return gerr(L, v, "%s: '%s' must start with '/'", prefix ? "prefix" : "path", s);
+  char *norm = malloc(n + 1);
+  const char *why = NULL;
+  long nl = norm ? kl_gw_normalize(s, n, norm, &why) : -1;
+  if (nl < 0) {
+    free(norm);
+    return gerr(L, v, "%s: '%s': %s", prefix ? "prefix" : "path", s, why ? why : "out of memory");
+  }
+  if ((size_t)nl != n || memcmp(norm, s, n) != 0) {
+    int e = gerr(L, v, "%s: '%s' is not normalised (write '%.*s')", prefix ? "prefix" : "path", s,
+                 (int)nl, norm);
+    free(norm);
+    return e;
+  }
+  free(norm);
+  r->path = strings_dup(L, s, n);
+  if (!r->path) return gerr(L, v, "routes: too much text");
+  r->path_len = n;
+  r->prefix = (uint8_t)prefix;
+  rc->has_path = true;
+  return 0;
+}
+
+static int route_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  route_ctx *rc = arg;
+  kl_gw_route *r = rc->r;
+  if (!strcmp(k, "path")) return set_path(L, rc, v, 0);
+  if (!strcmp(k, "prefix")) return set_path(L, rc, v, 1);
+  if (!strcmp(k, "name")) {
+    const char *s = scalar(L, v, "name");
+    if (!s) return -EINVAL;
+    if (!s[0] || strlen(s) >= sizeof r->name) return gerr(L, v, "name: 1 to %zu characters", sizeof r->name - 1);
+    snprintf(r->name, sizeof r->name, "%s", s);
+    return 0;
+  }
+  if (!strcmp(k, "host")) {
+    const char *s = scalar(L, v, "host");
+    if (!s) return -EINVAL;
+    size_t n = strlen(s);
+    if (n == 0 || n > 253 || strpbrk(s, " /\r\n\t:"))
+      return gerr(L, v, "host: '%s' is not a host name (or *.suffix)", s);
+    r->host = strings_dup(L, s, n);
+    if (!r->host) return gerr(L, v, "routes: too much text");
+    for (char *p = r->host; *p; p++)
+      if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
+    return 0;
+  }
+  if (!strcmp(k, "methods")) return route_methods(L, r, v);
+  if (!strcmp(k, "upstream")) {
+    if (r->action == KL_GW_HANDLER) return gerr(L, v, "a route has either upstream: or handler:");
+    r->action = KL_GW_PROXY;
+    rc->upstream = v;
+    return 0;
+  }
+  if (!strcmp(k, "handler")) {
+    if (rc->upstream) return gerr(L, v, "a route has either upstream: or handler:");
+    const char *s = scalar(L, v, "handler");
+    if (!s) return -EINVAL;
+    for (size_t i = 0; i < L->nhandlers; i++)
+      if (!strcmp(L->handlers[i].name, s)) {
+        r->action = KL_GW_HANDLER;
+        r->handler = L->handlers[i].fn;
+        r->handler_ud = L->handlers[i].ud;
+        snprintf(r->handler_name, sizeof r->handler_name, "%s", s);
+        return 0;
+      }
+    char names[256] = "";
+    for (size_t i = 0; i < L->nhandlers; i++)
+      snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
+               L->handlers[i].name);
+    return gerr(L, v, "handler: '%s' is not a built-in handler (%s)", s, names);
+  }
+  if (!strcmp(k, "timeouts")) return each_pair(L, v, "timeouts", timeouts_pair, r);
+  if (!strcmp(k, "retries")) return each_pair(L, v, "retries", retries_pair, r);
+  if (!strcmp(k, "max_body")) {
+    const char *s = scalar(L, v, "max_body");
+    char msg[200];
+    if (!s) return -EINVAL;
+    if (kl_conf_size(s, &r->max_body, msg, sizeof msg)) return gerr(L, v, "max_body: %s", msg);
+    return 0;
+  }
+  return gerr(L, v,
+              "route: unknown key '%s' (name, host, path, prefix, methods, upstream, handler, "
+              "timeouts, retries, max_body)",
+              k);
+}
+
+static int load_route(gwl *L, const yaml_node_t *v) {
+  kl_gw *gw = L->gw;
+  if (gw->nroutes >= KL_GW_ROUTES_MAX) return gerr(L, v, "more than %d routes", KL_GW_ROUTES_MAX);
+  kl_gw_route *r = &gw->routes[gw->nroutes++];
+  memset(r, 0, sizeof *r);
+  r->action = 255;
+  r->upstream = -1;
+  r->connect_ms = 2000;
+  r->first_byte_ms = 30000;
+  r->total_ms = 0;
+  r->retries = 1;
+  r->retry_backoff_ms = 25;
+  route_ctx rc = {.r = r};
+  int e = each_pair(L, v, "route", route_pair, &rc);
+  if (e) return e;
+  if (!rc.has_path) return gerr(L, v, "route: needs path: (exact) or prefix:");
+  if (r->action == 255) return gerr(L, v, "route: needs upstream: or handler:");
+  if (rc.upstream) {
+    const char *s = scalar(L, rc.upstream, "upstream");
+    if (!s) return -EINVAL;
+    for (uint32_t i = 0; i < gw->nups; i++)
+      if (!strcmp(gw->ups[i].name, s)) r->upstream = (int)i;
+    if (r->upstream < 0) return gerr(L, rc.upstream, "upstream: no upstream named '%s'", s);
+  }
+  if (!r->name[0]) snprintf(r->name, sizeof r->name, "%s%s", r->path, r->prefix ? "*" : "");
+  kl_route *rt = &r->rt; /* what the HTTP layer dispatches */
+  rt->method = (char *)"*";
+  rt->method_len = 1;
+  rt->path = r->name;
+  rt->path_len = strlen(r->name);
+  rt->gw = r;
+  if (r->action == KL_GW_PROXY) {
+    rt->handler = kl_proxy_handler;
+    rt->userdata = r;
+    /* Streamed; not traced yet: a proxied request outlives the worker's one SERVER span. */
+    rt->flags = KL_ROUTE_STREAM | KL_ROUTE_UNTRACED;
+    rt->body_max = r->max_body;
+  } else {
+    rt->handler = r->handler;
+    rt->userdata = r->handler_ud;
+  }
+  return 0;
+}
+
+static int top_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  (void)arg;
+  if (!strcmp(k, "upstreams")) {
+    if (v->type == YAML_SCALAR_NODE && v->data.scalar.length == 0) return 0;
+    return each_pair(L, v, "upstreams", upstreams_pair, NULL);
+  }
+  return 0; /* keel_config's keys and `routes` (after the upstreams they name) */
+}
+
+static int load_doc(gwl *L) {
+  const yaml_node_t *root = yaml_document_get_root_node(&L->doc);
+  if (!root || root->type != YAML_MAPPING_NODE) return 0; /* keel_config reported it */
+  int rc = each_pair(L, root, "config", top_pair, NULL);
+  if (rc) return rc;
+  for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
+    const yaml_node_t *k = node(L, p->key), *v = node(L, p->value);
+    if (strcmp((const char *)k->data.scalar.value, "routes") != 0) continue;
+    if (v->type == YAML_SCALAR_NODE && v->data.scalar.length == 0) continue;
+    if (v->type != YAML_SEQUENCE_NODE) return gerr(L, v, "routes: expected a list of routes");
+    for (yaml_node_item_t *i = v->data.sequence.items.start; i < v->data.sequence.items.top; i++)
+      if ((rc = load_route(L, node(L, *i))) != 0) return rc;
+  }
+  return 0;
+}
+
+kl_gw *kl_gw_load(const char *path, const kl_gw_handler *handlers, size_t nhandlers, char *err,
+                  size_t errlen) {
+  gwl L = {.path = path, .handlers = handlers, .nhandlers = nhandlers, .err = err, .errlen = errlen};
+  FILE *f = fopen(path, "rbe");
+  if (!f) {
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return NULL;
+  }
+  kl_gw *gw = calloc(1, sizeof *gw);
+  yaml_parser_t p;
+  if (!gw || !yaml_parser_initialize(&p)) {
+    fclose(f);
+    free(gw);
+    snprintf(err, errlen, "%s: out of memory", path);
+    return NULL;
+  }
+  L.gw = gw;
+  gw->ups = calloc(KL_GW_UPSTREAMS_MAX, sizeof *gw->ups);
+  gw->routes = calloc(KL_GW_ROUTES_MAX, sizeof *gw->routes);
+  gw->strings = malloc(STRINGS_MAX);
+  yaml_parser_set_input_file(&p, f);
+  int rc = -EINVAL;
+  if (!gw->ups || !gw->routes || !gw->strings) {
+    snprintf(err, errlen, "%s: out of memory", path);
+  } else if (!yaml_parser_load(&p, &L.doc)) {
+    snprintf(err, errlen, "%s:%zu: syntax error: %s", path, p.problem_mark.line + 1,
+             p.problem ? p.problem : "malformed YAML"); /* keel_config_load_file says it first */
+  } else {
+    rc = load_doc(&L);
+    yaml_document_delete(&L.doc);
+  }
+  yaml_parser_delete(&p);
+  fclose(f);
+  if (rc) {
+    kl_gw_free(gw);
+    return NULL;
+  }
+  return gw;
+}

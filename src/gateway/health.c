@@ -1,0 +1,155 @@
+/* health.c - active health checks of upstream endpoints, on a thread of their own. */
+#include "gateway/health.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <netinet/tcp.h>
+
+#include "core/loop.h"
+
+struct kl_gw_health {
+  kl_gw *gw;
+  keel_server *srv;
+  pthread_t thread;
+  int stopfd;
+  uint64_t *next; /* per (upstream, endpoint): when its next check is due (ms) */
+};
+
+/* Waits for `fd` to become ready for `events` until `deadline` (ms) or a stop: 1 ready, 0 not. */
+static int wait_fd(kl_gw_health *h, int fd, short events, uint64_t deadline) {
+  for (;;) {
+    uint64_t now = kl_now_ms();
+    if (now >= deadline) return 0;
+    struct pollfd p[2] = {{.fd = fd, .events = events}, {.fd = h->stopfd, .events = POLLIN}};
+    int n = poll(p, 2, (int)(deadline - now));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0 || (p[1].revents & POLLIN)) return 0;
+    return (p[0].revents & (events | POLLERR | POLLHUP)) != 0;
+  }
+}
+
+/* One check: GET the path; healthy means a 2xx status line within the timeout. */
+static int check(kl_gw_health *h, const kl_gw_upstream *u, const kl_gw_endpoint *e) {
+  uint64_t deadline = kl_now_ms() + u->hc_timeout_ms;
+  int fd = socket(e->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  int ok = 0;
+  if (connect(fd, (const struct sockaddr *)&e->addr, e->addrlen) < 0 && errno != EINPROGRESS)
+    goto out;
+  if (!wait_fd(h, fd, POLLOUT, deadline)) goto out;
+  int err = 0;
+  socklen_t el = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err) goto out;
+  char req[400];
+  int n = snprintf(req, sizeof req,
+                   "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: keel-health-check\r\n"
+                   "Connection: close\r\n\r\n",
+                   u->hc_path, e->name);
+  if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) goto out;
+  char resp[16];
+  size_t got = 0;
+  while (got < 12) { /* "HTTP/1.1 200" */
+    if (!wait_fd(h, fd, POLLIN, deadline)) goto out;
+    ssize_t r = recv(fd, resp + got, 12 - got, 0);
+    if (r <= 0) goto out;
+    got += (size_t)r;
+  }
+  ok = memcmp(resp, "HTTP/1.", 7) == 0 && resp[8] == ' ' && resp[9] == '2';
+out:
+  close(fd);
+  return ok;
+}
+
+static void report(kl_gw_health *h, const kl_gw_upstream *u, const kl_gw_endpoint *e, int down) {
+  keel_log(h->srv, down ? KEEL_LOG_WARN : KEEL_LOG_INFO,
+           down ? "upstream endpoint unhealthy" : "upstream endpoint healthy", "upstream",
+           u->name, "endpoint", e->name, NULL);
+}
+
+static void *run(void *arg) {
+  kl_gw_health *h = arg;
+  kl_gw *gw = h->gw;
+  for (;;) {
+    uint64_t now = kl_now_ms(), soonest = now + 1000;
+    size_t k = 0;
+    for (uint32_t i = 0; i < gw->nups; i++) {
+      kl_gw_upstream *u = &gw->ups[i];
+      for (uint32_t j = 0; j < u->neps; j++, k++) {
+        if (!u->hc_path[0]) continue;
+        if (h->next[k] <= now) {
+          kl_gw_endpoint *e = &u->eps[j];
+          int ok = check(h, u, e);
+          uint64_t v;
+          if (read(h->stopfd, &v, sizeof v) == (ssize_t)sizeof v) return NULL;
+          int down = atomic_load(&e->down);
+          if (ok) {
+            e->hc_bad = 0;
+            if (down && ++e->hc_ok >= u->hc_healthy) {
+              atomic_store(&e->down, 0);
+              atomic_store(&e->fails, 0);
+              atomic_store(&e->ejected_until, 0); /* it answers: passive ejection ends too */
+              report(h, u, e, 0);
+            }
+          } else {
+            e->hc_ok = 0;
+            if (!down && ++e->hc_bad >= u->hc_unhealthy) {
+              atomic_store(&e->down, 1);
+              report(h, u, e, 1);
+            }
+          }
+          now = kl_now_ms();
+          h->next[k] = now + u->hc_interval_ms;
+        }
+        if (h->next[k] < soonest) soonest = h->next[k];
+      }
+    }
+    now = kl_now_ms();
+    struct pollfd p = {.fd = h->stopfd, .events = POLLIN};
+    if (poll(&p, 1, soonest > now ? (int)(soonest - now) : 0) > 0) return NULL;
+  }
+}
+
+kl_gw_health *kl_gw_health_start(kl_gw *gw, keel_server *srv, char *err, size_t errlen) {
+  size_t n = 0;
+  int any = 0;
+  for (uint32_t i = 0; i < gw->nups; i++) {
+    n += gw->ups[i].neps;
+    any |= gw->ups[i].hc_path[0] != '\0';
+  }
+  if (!any) return NULL;
+  kl_gw_health *h = calloc(1, sizeof *h);
+  if (!h || !(h->next = calloc(n, sizeof *h->next))) {
+    free(h);
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  h->gw = gw;
+  h->srv = srv;
+  h->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (h->stopfd < 0 || pthread_create(&h->thread, NULL, run, h) != 0) {
+    snprintf(err, errlen, "cannot start the health checker: %s", strerror(errno));
+    if (h->stopfd >= 0) close(h->stopfd);
+    free(h->next);
+    free(h);
+    return NULL;
+  }
+  return h;
+}
+
+void kl_gw_health_stop(kl_gw_health *h) {
+  if (!h) return;
+  uint64_t one = 1;
+  ssize_t w = write(h->stopfd, &one, sizeof one);
+  (void)w;
+  pthread_join(h->thread, NULL);
+  close(h->stopfd);
+  free(h->next);
+  free(h);
+}

@@ -1,0 +1,18 @@
+/* proxy.h - the reverse proxy: per-worker upstream connection pools, load balancing, retries. */
+#ifndef KEEL_GATEWAY_PROXY_H
+#define KEEL_GATEWAY_PROXY_H
+
+#include "gateway/gw.h"
+
+struct kl_up_worker;
+
+/** Per-worker state of upstream `u` (idle pools per endpoint) for `n` workers; NULL on ENOMEM. */
+struct kl_up_worker *kl_proxy_workers_new(kl_gw_upstream *u, unsigned n);
+
+/** Closes the idle connections and frees the per-worker state (workers have stopped). */
+void kl_proxy_workers_free(kl_gw_upstream *u, unsigned n);
+
+/** The route handler of a proxied route (userdata: its kl_gw_route). */
+void kl_proxy_handler(keel_req *req, void *route);
+
+#endif
