@@ -233,7 +233,7 @@ int64_t kl_cache_date_parse(const char *v, size_t len) {
     if (memcmp(v + 8, months + 3 * i, 3) == 0) mon = i + 1;
   int d = num(v + 5, 2), y = num(v + 12, 4), h = num(v + 17, 2), mi = num(v + 20, 2),
       s = num(v + 23, 2);
-  if (!dayok || !mon || d < 1 || y < 0 || h < 0 || h > 23 || mi < 0 || mi > 59 || s < 0 || s > 60)
+  if (!dayok || !mon || d < 1 || y < 1970 || h < 0 || h > 23 || mi < 0 || mi > 59 || s < 0 || s > 60)
     return -1;
   static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;

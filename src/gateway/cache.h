@@ -14,7 +14,7 @@
  * `max_bytes`). No function reads a clock: callers pass `now_ms`, a monotonic time in
  * milliseconds (kl_loop's cached clock), so tests inject time.
  *
- * Semantics (RFC 9111, shared cache, simplified; docs in /work/notes/cache.md):
+ * Semantics (RFC 9111, shared cache, simplified; user docs in docs/gateway.md):
  * - Key: host (case-insensitive), path, query. Only GET responses are stored; HEAD is answered
  *   from GET entries (a HEAD miss is a BYPASS: HEAD responses have no body to store). Other
  *   methods are BYPASS.
@@ -224,7 +224,11 @@ void kl_cache_cc_init(kl_cache_cc *cc);
  */
 void kl_cache_cc_parse(kl_cache_cc *cc, const char *v, size_t len);
 
-/** Parses an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") into Unix seconds; -1 if invalid. */
+/**
+ * Parses an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") into Unix seconds; -1 if invalid
+ * (other formats, impossible dates, years before 1970). The day name is not checked against
+ * the date.
+ */
 int64_t kl_cache_date_parse(const char *v, size_t len);
 
 #endif

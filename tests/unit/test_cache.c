@@ -189,6 +189,8 @@ static void test_date_parse(void **state) {
   assert_int_equal(D("Xyz, 06 Nov 1994 08:49:37 GMT"), -1);
   assert_int_equal(D("Sun, 06 Nox 1994 08:49:37 GMT"), -1);
   assert_int_equal(D("Sun, 0a Nov 1994 08:49:37 GMT"), -1);
+  assert_int_equal(D("Wed, 31 Dec 1969 23:59:59 GMT"), -1); /* before the epoch */
+  assert_int_equal(D("Sun, 06 Nov 1497 08:49:37 GMT"), -1);
   assert_int_equal(D("0"), -1);
   assert_int_equal(D(""), -1);
 #undef D
