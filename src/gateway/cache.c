@@ -474,11 +474,11 @@ static void insert(kl_cache *c, shard *s, kl_cache_entry *e, kl_cache_entry **de
 kl_cache *kl_cache_new(const kl_cache_conf *conf, char *err, size_t errlen) {
   kl_cache_conf cf = conf ? *conf : (kl_cache_conf){0};
   if (!cf.max_bytes) cf.max_bytes = (size_t)64 << 20;
-  if (!cf.max_object) cf.max_object = (size_t)1 << 20;
+  size_t shard_cap = cf.max_bytes / KL_CACHE_SHARDS;
+  if (!cf.max_object) cf.max_object = shard_cap < ((size_t)1 << 20) ? shard_cap : (size_t)1 << 20;
   if (!cf.max_variants) cf.max_variants = 8;
   if (!cf.max_waiters) cf.max_waiters = 256;
   if (!cf.fill_timeout_ms) cf.fill_timeout_ms = 30000;
-  size_t shard_cap = cf.max_bytes / KL_CACHE_SHARDS;
   if (cf.max_object > shard_cap) {
     snprintf(err, errlen, "cache: max_object (%zu) exceeds memory / %d (%zu)", cf.max_object,
              KL_CACHE_SHARDS, shard_cap);

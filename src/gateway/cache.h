@@ -63,7 +63,8 @@ typedef struct kl_cache_ticket kl_cache_ticket;
 /** Settings; zero fields take the defaults in brackets. */
 typedef struct kl_cache_conf {
   size_t max_bytes;         /**< total bytes charged for resident entries [64 MiB] */
-  size_t max_object;        /**< largest headers + body stored [1 MiB]; <= max_bytes / SHARDS */
+  size_t max_object;        /**< largest headers + body stored [1 MiB or max_bytes / SHARDS if
+                                 smaller]; <= max_bytes / KL_CACHE_SHARDS */
   unsigned max_variants;    /**< Vary variants kept per key [8], <= KL_CACHE_VARIANTS_MAX */
   unsigned max_waiters;     /**< requests coalesced on one fill [256], <= KL_CACHE_WAITERS_MAX */
   uint64_t fill_timeout_ms; /**< a fill older than this is taken over by the next miss [30000] */

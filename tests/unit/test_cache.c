@@ -488,6 +488,13 @@ static void test_lru_cap(void **state) {
   assert_non_null(strstr(err, "max_object"));
   bad = (kl_cache_conf){.max_variants = 1000};
   assert_null(kl_cache_new(&bad, err, sizeof err));
+  bad = (kl_cache_conf){.max_waiters = KL_CACHE_WAITERS_MAX + 1};
+  assert_null(kl_cache_new(&bad, err, sizeof err));
+  bad = (kl_cache_conf){.max_bytes = 1 << 20}; /* the default max_object shrinks to fit */
+  c = kl_cache_new(&bad, err, sizeof err);
+  assert_non_null(c);
+  kl_cache_free(c);
+  kl_cache_free(NULL);
 }
 
 /* LRU order inside a shard: keys chosen (with the cache's own seeded hash) to share one. */
