@@ -336,7 +336,7 @@ static void pending_unlink(kl_redis *r, slot *s) {
 }
 
 static void pending_append(kl_redis *r, slot *s) {
-  s->deadline = r->loop->now + r->cfg->timeout_ms;
+  s->deadline = kl_now_ms() + r->cfg->timeout_ms; /* loop->now may lag a busy batch */
   s->next = NULL;
   s->prev = r->tail;
   if (r->tail) r->tail->next = s;
@@ -346,18 +346,23 @@ static void pending_append(kl_redis *r, slot *s) {
 }
 
 /* Ends a command: releases its slot, updates the breaker and counters, runs the callback. */
-static void complete(kl_redis *r, slot *s, const kl_redis_reply *rep) {
+/* Takes a command off the pending list and returns its slot. */
+static void release(kl_redis *r, slot *s) {
   pending_unlink(r, s);
-  kl_redis_cb cb = s->cb;
-  void *arg = s->arg;
-  int probe = s->probe;
   free(s->saved);
   s->saved = NULL;
+  if (s->probe) r->probe_out = 0;
   s->next = r->free_slots;
   r->free_slots = s;
   r->in_flight--;
   SET(r->st.in_flight, r->in_flight);
-  if (probe) r->probe_out = 0;
+}
+
+static void complete(kl_redis *r, slot *s, const kl_redis_reply *rep) {
+  kl_redis_cb cb = s->cb;
+  void *arg = s->arg;
+  int probe = s->probe;
+  release(r, s);
   switch (rep->err) {
   case -ETIMEDOUT:
     INC(r->st.timeouts);
@@ -488,17 +493,6 @@ static slot *take_slot(kl_redis *r, kl_redis_cb cb, void *arg, int probe) {
   return s;
 }
 
-static void give_back(kl_redis *r, slot *s) {
-  pending_unlink(r, s);
-  free(s->saved);
-  s->saved = NULL;
-  if (s->probe) r->probe_out = 0;
-  s->next = r->free_slots;
-  r->free_slots = s;
-  r->in_flight--;
-  SET(r->st.in_flight, r->in_flight);
-}
-
 int kl_redis_command(kl_redis *r, int argc, const char *const *argv, const size_t *argvlen,
                      kl_redis_cb cb, void *arg) {
   if (argc < 1 || argc > ARGS_MAX) return -E2BIG;
@@ -508,7 +502,7 @@ int kl_redis_command(kl_redis *r, int argc, const char *const *argv, const size_
   slot *s = take_slot(r, cb, arg, probe);
   if (hr.redisAsyncCommandArgv(r->ac, on_reply, s, argc, (const char **)(uintptr_t)argv,
                                argvlen) != REDIS_OK) {
-    give_back(r, s);
+    release(r, s);
     return -ENOMEM;
   }
   return 0;
@@ -548,7 +542,7 @@ int kl_redis_evalsha(kl_redis *r, int id, int nkeys, int argc, const char *const
     for (int i = 0; i < argc; i++) total += argvlen[i];
     s->saved = malloc(total ? total : 1);
     if (!s->saved) {
-      give_back(r, s);
+      release(r, s);
       return -ENOMEM;
     }
     char *p = s->saved + sizeof(size_t) * (size_t)argc;
@@ -562,7 +556,7 @@ int kl_redis_evalsha(kl_redis *r, int id, int nkeys, int argc, const char *const
     s->nkeys = nkeys;
   }
   rc = send_eval(r, s, sc, use_sha, nkeys, argc, argv, argvlen);
-  if (rc) give_back(r, s);
+  if (rc) release(r, s);
   return rc;
 }
 
