@@ -559,7 +559,7 @@ static int compile_names(cctx *c, js_schema *sc, const uint32_t *kn, unsigned de
     c->ptr[base.len] = '\0';
   }
   uint32_t end = name_count(c);
-  names_sort(c, name_at(c, start), end - start);
+  if (end > start) names_sort(c, name_at(c, start), end - start);
   /* Merge a name listed in both; two "properties" members of one name are an error. */
   uint32_t w = start;
   for (uint32_t r = start; r < end; r++) {
