@@ -1,6 +1,7 @@
-/* jschema.c - compiles a JSON Schema subset into one immutable block and validates documents
- * against it. */
+/* jschema.c - JSON Schema subset: compiled into one immutable block, documents validated. */
 #include "gateway/jschema.h"
+
+#include "core/utf8.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -277,43 +278,48 @@ static void pb_put(pbuf *pb, const char *s, size_t n) {
   pb->b[pb->len] = '\0';
 }
 
-/* Appends "/" and a key given as a string node's raw text, escaped per RFC 6901. */
+/* Appends one character (1-4 bytes of UTF-8) of a key, escaped per RFC 6901; NUL as U+FFFD. */
+static void pb_char(pbuf *pb, const char *u, size_t n) {
+  if (n == 1 && u[0] == '~')
+    pb_put(pb, "~0", 2);
+  else if (n == 1 && u[0] == '/')
+    pb_put(pb, "~1", 2);
+  else if (n == 1 && u[0] == '\0')
+    pb_put(pb, "\xef\xbf\xbd", 3);
+  else
+    pb_put(pb, u, n);
+}
+
+/* Appends "/" and a key given as a string node's raw text: unescaped, then escaped per RFC 6901. */
 static void pb_seg(pbuf *pb, const char *raw, size_t len) {
   pb_put(pb, "/", 1);
-  const uint8_t *p = (const uint8_t *)raw, *end = p + len;
-  while (p < end && !pb->full) {
-    uint32_t c = cp_next(&p, end);
+  size_t i = 0;
+  while (i < len && !pb->full) {
+    if (raw[i] != '\\') {
+      size_t n = kl_utf8_seq((const unsigned char *)raw + i, len - i);
+      if (n == 0) { /* the parser validated documents; never here, but stay bounded */
+        pb_char(pb, "\xef\xbf\xbd", 3);
+        i++;
+        continue;
+      }
+      pb_char(pb, raw + i, n);
+      i += n;
+      continue;
+    }
+    /* One escape: two bytes, \uXXXX, or a surrogate pair of two; a lone surrogate is U+FFFD. */
     char u[4];
-    size_t n;
-    if (c == '~') {
-      pb_put(pb, "~0", 2);
-      continue;
+    size_t el = len - i >= 2 && raw[i + 1] == 'u' ? 6 : 2;
+    if (el > len - i) el = len - i;
+    long n = keel_json_unescape(raw + i, el, u, sizeof u);
+    if (n < 0 && el == 6 && len - i >= 12) {
+      n = keel_json_unescape(raw + i, 12, u, sizeof u);
+      if (n > 0) el = 12;
     }
-    if (c == '/') {
-      pb_put(pb, "~1", 2);
-      continue;
-    }
-    if (c == 0 || (c >= 0xD800 && c <= 0xDFFF) || c > 0x10FFFF) c = 0xFFFD;
-    if (c < 0x80) {
-      u[0] = (char)c;
-      n = 1;
-    } else if (c < 0x800) {
-      u[0] = (char)(0xC0 | c >> 6);
-      u[1] = (char)(0x80 | (c & 0x3F));
-      n = 2;
-    } else if (c < 0x10000) {
-      u[0] = (char)(0xE0 | c >> 12);
-      u[1] = (char)(0x80 | (c >> 6 & 0x3F));
-      u[2] = (char)(0x80 | (c & 0x3F));
-      n = 3;
-    } else {
-      u[0] = (char)(0xF0 | c >> 18);
-      u[1] = (char)(0x80 | (c >> 12 & 0x3F));
-      u[2] = (char)(0x80 | (c >> 6 & 0x3F));
-      u[3] = (char)(0x80 | (c & 0x3F));
-      n = 4;
-    }
-    pb_put(pb, u, n);
+    if (n > 0)
+      pb_char(pb, u, (size_t)n);
+    else
+      pb_char(pb, "\xef\xbf\xbd", 3);
+    i += el;
   }
 }
 

@@ -217,6 +217,9 @@ static void test_nested_paths_and_escaping(void **state) {
   kl_jschema *q = COMPILE("{\"additionalProperties\":{\"type\":\"integer\"}}");
   INVALID(q, "{\"caf\\u00e9\\n\":\"x\"}", "/caf\xc3\xa9\n", "type");
   INVALID(q, "{\"nul\\u0000\":\"x\"}", "/nul\xef\xbf\xbd", "type");
+  INVALID(q, "{\"\\ud83d\\ude00~\":\"x\"}", "/\xf0\x9f\x98\x80~0", "type");
+  INVALID(q, "{\"\\ud800/\":\"x\"}", "/\xef\xbf\xbd~1", "type");
+  INVALID(q, "{\"\\\"\\\\\":\"x\"}", "/\"\\", "type");
   kl_jschema_free(q);
 
   /* Long keys: the path is cut at a character boundary, never overflows. */
