@@ -63,66 +63,61 @@ struct kl_jschema {
 
 /* ---- shared helpers ------------------------------------------------------------------------ */
 
-static int hexval(uint8_t c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
+/*
+ * Decodes the escape at raw[0] (a backslash) with keel_json_unescape: a short
+ * escape, \uXXXX, or a surrogate pair written as two. Returns the bytes of raw
+ * it spans; its UTF-8 goes to u[0, *n), *n 0 for a lone surrogate.
+ */
+static size_t esc_one(const char *raw, size_t len, char u[4], size_t *n) {
+  size_t el = len >= 2 && raw[1] == 'u' ? 6 : 2;
+  if (el > len) el = len;
+  long r = keel_json_unescape(raw, el, u, 4);
+  if (r < 0 && el == 6 && len >= 12) {
+    r = keel_json_unescape(raw, 12, u, 4);
+    if (r > 0) el = 12;
+  }
+  *n = r > 0 ? (size_t)r : 0;
+  return el;
 }
 
-static long hex4(const uint8_t *p) {
-  long v = 0;
-  for (int i = 0; i < 4; i++) {
-    int h = hexval(p[i]);
-    if (h < 0) return -1;
-    v = v << 4 | h;
+/* The code point of the UTF-8 sequence at s[0, n) (validated by the parser); *used its bytes. */
+static uint32_t utf8_decode(const uint8_t *s, size_t n, size_t *used) {
+  uint32_t c = s[0];
+  size_t i = 1;
+  if (c >= 0xC0) {
+    unsigned k = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : 1;
+    c &= 0x3Fu >> k;
+    while (k-- && i < n && (s[i] & 0xC0) == 0x80)
+      c = c << 6 | (s[i++] & 0x3Fu);
   }
-  return v;
+  *used = i;
+  return c;
 }
 
 /*
- * The next code point of a string node's raw text (escapes decoded, a surrogate
- * pair joined, a lone escaped surrogate returned as it is). The parser has
- * validated the text; the bounds checks only keep odd input from reading past `end`.
+ * The next code point of a string node's raw text, escapes decoded. A lone
+ * escaped surrogate comes back as a value above U+10FFFF made of its hex digits,
+ * so that two of them compare equal only when they are the same surrogate.
  */
 static uint32_t cp_next(const uint8_t **pp, const uint8_t *end) {
   const uint8_t *p = *pp;
-  uint32_t c = *p++;
-  if (c == '\\' && p < end) {
-    uint8_t e = *p++;
-    switch (e) {
-    case 'b': c = '\b'; break;
-    case 'f': c = '\f'; break;
-    case 'n': c = '\n'; break;
-    case 'r': c = '\r'; break;
-    case 't': c = '\t'; break;
-    case 'u': {
-      long h = end - p >= 4 ? hex4(p) : -1;
-      if (h < 0) {
-        c = 'u';
-        break;
-      }
-      p += 4;
-      c = (uint32_t)h;
-      if (c >= 0xD800 && c <= 0xDBFF && end - p >= 6 && p[0] == '\\' && p[1] == 'u') {
-        long lo = hex4(p + 2);
-        if (lo >= 0xDC00 && lo <= 0xDFFF) {
-          c = 0x10000 + ((c - 0xD800) << 10) + (uint32_t)(lo - 0xDC00);
-          p += 6;
-        }
-      }
-      break;
-    }
-    default: c = e; /* '"', '\\', '/' */
-    }
-  } else if (c >= 0xC0) {
-    unsigned n = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : 1;
-    c &= 0x3Fu >> n;
-    while (n-- && p < end && (*p & 0xC0) == 0x80)
-      c = c << 6 | (*p++ & 0x3Fu);
+  size_t used;
+  if (*p != '\\') {
+    uint32_t c = utf8_decode(p, (size_t)(end - p), &used);
+    *pp = p + used;
+    return c;
   }
-  *pp = p;
-  return c;
+  char u[4];
+  size_t n;
+  size_t el = esc_one((const char *)p, (size_t)(end - p), u, &n);
+  *pp = p + el;
+  if (n == 0) { /* its four hex digits, lowercased: >= 0x30303030 */
+    uint32_t h = 0x110000;
+    for (size_t i = 2; i < 6 && el == 6; i++)
+      h = h << 8 | (p[i] | 0x20u);
+    return h;
+  }
+  return utf8_decode((const uint8_t *)u, n, &used);
 }
 
 /* Equal string values, given two string nodes' raw texts. */
@@ -306,19 +301,12 @@ static void pb_seg(pbuf *pb, const char *raw, size_t len) {
       i += n;
       continue;
     }
-    /* One escape: two bytes, \uXXXX, or a surrogate pair of two; a lone surrogate is U+FFFD. */
     char u[4];
-    size_t el = len - i >= 2 && raw[i + 1] == 'u' ? 6 : 2;
-    if (el > len - i) el = len - i;
-    long n = keel_json_unescape(raw + i, el, u, sizeof u);
-    if (n < 0 && el == 6 && len - i >= 12) {
-      n = keel_json_unescape(raw + i, 12, u, sizeof u);
-      if (n > 0) el = 12;
-    }
+    size_t n, el = esc_one(raw + i, len - i, u, &n);
     if (n > 0)
-      pb_char(pb, u, (size_t)n);
+      pb_char(pb, u, n);
     else
-      pb_char(pb, "\xef\xbf\xbd", 3);
+      pb_char(pb, "\xef\xbf\xbd", 3); /* a lone surrogate */
     i += el;
   }
 }

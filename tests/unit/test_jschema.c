@@ -282,6 +282,12 @@ static void test_enum_and_const(void **state) {
   kl_jschema_error e = INVALID(s, "\"1\"", "", "enum");
   assert_non_null(strstr(e.message, "7"));
   INVALID(s, "\"cafe\"", "", "enum");
+  kl_jschema *ls = COMPILE("{\"enum\":[\"\\ud800\"]}");
+  VALID(ls, "\"\\uD800\"");
+  INVALID(ls, "\"\\ud801\"", "", "enum");
+  INVALID(ls, "\"\xef\xbf\xbd\"", "", "enum");
+  INVALID(ls, "\"\\ud800\\ud800\"", "", "enum");
+  kl_jschema_free(ls);
   INVALID(s, "2", "", "enum");
   INVALID(s, "false", "", "enum");
   INVALID(s, "[1]", "", "enum");
