@@ -1188,5 +1188,6 @@ int kl_conf_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out, char 
 int kl_conf_hostport(const char *s, char *msg, size_t n) { return parse_listen(s, msg, n); }
 
 int kl_conf_foreign_section(const char *name) {
-  return strcmp(name, "upstreams") == 0 || strcmp(name, "routes") == 0;
+  return strcmp(name, "upstreams") == 0 || strcmp(name, "routes") == 0 ||
+         strcmp(name, "redis") == 0;
 }

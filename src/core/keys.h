@@ -5,8 +5,9 @@
 #include <stddef.h>
 
 /*
- * A keyring is loaded from a file holding one key per line (blank lines and lines starting
- * with '#' are skipped, surrounding spaces trimmed), or from a directory whose regular files
+ * A keyring is loaded from a file holding one key per line, or "TENANT KEY" (blank lines and
+ * lines starting with '#' are skipped, surrounding spaces trimmed), or from a directory whose
+ * regular files (named after their tenant)
  * each hold keys that way, as Kubernetes mounts a Secret (names starting with '.' are
  * skipped: the ..data links). Only the SHA-256 of each key is kept; the file bytes are wiped
  * after reading. A check hashes the presented key and compares it with every digest without
@@ -28,6 +29,13 @@ size_t kl_keyring_count(const kl_keyring *k);
 
 /** 1 when `key` (len bytes) is one of the ring's keys, else 0. */
 int kl_keyring_check(const kl_keyring *k, const char *key, size_t len);
+
+/**
+ * The tenant of `key`, or NULL when it is not one of the ring's keys (constant time, like
+ * kl_keyring_check). A line "TENANT KEY" names its tenant; in a directory, a file's name is
+ * the tenant of its keys (a Kubernetes Secret's key names); otherwise "default".
+ */
+const char *kl_keyring_tenant(const kl_keyring *k, const char *key, size_t len);
 
 /**
  * The key a client presented in HTTP headers or gRPC metadata: the token of

@@ -87,7 +87,22 @@ typedef struct kl_gw_route {
   uint64_t max_body;      /* 0 = no limit (proxied bodies stream) */
   uint32_t slot;          /* first metrics slot; see kl_gw_slot */
   uint32_t nslots;
+  /* Policies, in the order they apply (policy.c). */
+  struct kl_keyring *keys; /* auth.api_keys: 401 without one of them */
+  struct kl_rl_limit *rl;  /* rate_limit */
+  uint8_t rl_by;           /* KL_RL_BY_* */
+  char rl_header[64];      /* KL_RL_BY_HEADER: its name */
+  uint32_t v_methods;      /* validate.methods (kl_stats_method bits); 0 = any */
+  char *v_ctypes[8];       /* validate.content_types (media types, lowercase) */
+  uint32_t v_nctypes;
+  char *v_headers[8];      /* validate.require_headers */
+  uint32_t v_nheaders;
+  struct kl_jschema *schema; /* validate.schema: JSON bodies checked (buffered first) */
+  uint8_t policies;        /* any of the above: the policy handler runs first */
 } kl_gw_route;
+
+/** What a rate limit counts by. */
+enum { KL_RL_BY_CLIENT, KL_RL_BY_KEY, KL_RL_BY_TENANT, KL_RL_BY_ROUTE, KL_RL_BY_HEADER };
 
 /** A named built-in handler a route may use (`handler: echo`). */
 typedef struct kl_gw_handler {
@@ -98,6 +113,9 @@ typedef struct kl_gw_handler {
 
 /** The gateway. */
 typedef struct kl_gw {
+  struct kl_redis_config *redis; /* `redis:`; NULL = none (global limits take their fallback) */
+  struct kl_rl_table *rl_table;  /* local buckets of every limit */
+  struct kl_gw_worker *wk;       /* per worker: Redis client, rate-limit context (policy.c) */
   kl_gw_upstream *ups;
   uint32_t nups;
   kl_gw_route *routes;
@@ -135,6 +153,13 @@ long kl_gw_normalize(const char *path, size_t len, char *out, const char **why);
 const kl_gw_route *kl_gw_match(const kl_gw *gw, const char *host, size_t hlen, const char *m,
                                size_t mlen, const char *path, size_t plen, char *allow,
                                size_t allowlen);
+
+/** Worker-side, as the worker stops: closes its Redis client and rate-limit context. */
+void kl_gw_worker_close(kl_gw *gw, unsigned worker);
+
+/** The handler of a gateway route with policies (userdata: the route): auth, rate limit,
+ *  validation, then the route's action. */
+void kl_gw_policy_handler(keel_req *req, void *route);
 
 /** The metrics slot of a request on route `r` with method index `mi` (kl_stats_method). */
 uint32_t kl_gw_slot(const kl_gw_route *r, unsigned mi);

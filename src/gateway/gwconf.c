@@ -10,8 +10,13 @@
 #include <yaml.h>
 
 #include "config/config.h"
+#include "core/keys.h"
+#include "gateway/jschema.h"
+#include "gateway/ratelimit.h"
+#include "gateway/redis.h"
 #include "gateway/gw.h"
 #include "gateway/proxy.h"
+#include "keel/json.h"
 #include "http/stats.h"
 
 #define STRINGS_MAX (256 * 1024) /* route hosts and paths, all routes together */
@@ -284,6 +289,213 @@ static int retries_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) 
   return gerr(L, v, "retries: unknown key '%s' (attempts, backoff)", k);
 }
 
+/* ---- policies --------------------------------------------------------------------------- */
+
+static int auth_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  kl_gw_route *r = arg;
+  if (!strcmp(k, "api_keys")) {
+    const char *s = scalar(L, v, "auth.api_keys");
+    char msg[300];
+    if (!s) return -EINVAL;
+    kl_keyring *ring = kl_keyring_load(s, msg, sizeof msg);
+    if (!ring) return gerr(L, v, "auth.api_keys: %s", msg);
+    r->keys = ring;
+    return 0;
+  }
+  return gerr(L, v, "auth: unknown key '%s' (api_keys)", k);
+}
+
+typedef struct rl_ctx {
+  kl_gw_route *r;
+  uint32_t count, period_ms, burst, replicas;
+  int scope, on_error;
+  bool has_rate;
+} rl_ctx;
+
+static int rl_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  rl_ctx *c = arg;
+  const char *s = scalar(L, v, "rate_limit");
+  if (!s) return -EINVAL;
+  if (!strcmp(k, "rate")) {
+    if (kl_rl_parse_rate(s, &c->count, &c->period_ms) != 0)
+      return gerr(L, v, "rate_limit.rate: '%s' is not N/s, N/min or N/h", s);
+    c->has_rate = true;
+    return 0;
+  }
+  if (!strcmp(k, "burst")) return get_uint(L, v, "rate_limit.burst", 1, 100000000, &c->burst);
+  if (!strcmp(k, "replicas")) return get_uint(L, v, "rate_limit.replicas", 1, 10000, &c->replicas);
+  if (!strcmp(k, "by")) {
+    static const char *const by[] = {"client", "key", "tenant", "route"};
+    for (unsigned i = 0; i < 4; i++)
+      if (!strcmp(s, by[i])) {
+        c->r->rl_by = (uint8_t)i;
+        return 0;
+      }
+    if (!strncmp(s, "header:", 7) && s[7] && strlen(s + 7) < sizeof c->r->rl_header) {
+      c->r->rl_by = KL_RL_BY_HEADER;
+      snprintf(c->r->rl_header, sizeof c->r->rl_header, "%s", s + 7);
+      return 0;
+    }
+    return gerr(L, v, "rate_limit.by: '%s' is not one of client|key|tenant|route|header:NAME", s);
+  }
+  if (!strcmp(k, "scope")) {
+    if (!strcmp(s, "local")) c->scope = KL_RL_LOCAL;
+    else if (!strcmp(s, "global")) c->scope = KL_RL_GLOBAL;
+    else return gerr(L, v, "rate_limit.scope: '%s' is not one of local|global", s);
+    return 0;
+  }
+  if (!strcmp(k, "on_redis_error")) {
+    if (!strcmp(s, "open")) c->on_error = KL_RL_FAIL_OPEN;
+    else if (!strcmp(s, "closed")) c->on_error = KL_RL_FAIL_CLOSED;
+    else if (!strcmp(s, "local")) c->on_error = KL_RL_FAIL_LOCAL;
+    else return gerr(L, v, "rate_limit.on_redis_error: '%s' is not one of open|closed|local", s);
+    return 0;
+  }
+  return gerr(L, v, "rate_limit: unknown key '%s' (rate, burst, by, scope, on_redis_error, replicas)", k);
+}
+
+static int load_rate_limit(gwl *L, kl_gw_route *r, const yaml_node_t *v) {
+  rl_ctx c = {.r = r, .replicas = 1, .scope = KL_RL_LOCAL, .on_error = KL_RL_FAIL_LOCAL};
+  int e = each_pair(L, v, "rate_limit", rl_pair, &c);
+  if (e) return e;
+  if (!c.has_rate) return gerr(L, v, "rate_limit: needs rate: (e.g. 100/s)");
+  if (!c.burst) c.burst = c.count;
+  r->rl = calloc(1, sizeof *r->rl);
+  if (!r->rl) return gerr(L, v, "out of memory");
+  /* The Redis key names the limit: the route's name, made of safe characters. */
+  char name[64];
+  size_t n = 0;
+  for (const char *p = r->name[0] ? r->name : r->path; *p && n < sizeof name - 1; p++)
+    name[n++] = (char)(((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                        (*p >= '0' && *p <= '9') || *p == '-' || *p == '.' || *p == '_')
+                           ? *p : '_');
+  name[n] = '\0';
+  char msg[200];
+  if (kl_rl_limit_init(r->rl, name[0] ? name : "route", L->gw->nroutes, c.count, c.period_ms,
+                       c.burst, c.scope, c.on_error, c.replicas, msg, sizeof msg) != 0)
+    return gerr(L, v, "rate_limit: %s", msg);
+  return 0;
+}
+
+/* Writes YAML node `n` as JSON text (a schema written inline): plain scalars that read as
+ * numbers, true, false or null stay bare, everything else becomes a string. */
+static int yaml_json(gwl *L, const yaml_node_t *n, char *out, size_t cap, size_t *len, int depth) {
+  if (depth > 64) return gerr(L, n, "validate.schema: nested too deep");
+#define EMIT(s, l)                                                                             \
+  do {                                                                                         \
+    if (*len + (l) >= cap) return gerr(L, n, "validate.schema: too large");                   \
+    memcpy(out + *len, (s), (l));                                                              \
+    *len += (l);                                                                               \
+  } while (0)
+  if (n->type == YAML_SCALAR_NODE) {
+    const char *s = (const char *)n->data.scalar.value;
+    size_t l = n->data.scalar.length;
+    char *end = NULL;
+    int bare = n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
+               (!strcmp(s, "true") || !strcmp(s, "false") || !strcmp(s, "null") ||
+                (l && (strtod(s, &end), end == s + l) && strspn(s, "0123456789+-.eE") == l));
+    if (bare) {
+      EMIT(s, l);
+      return 0;
+    }
+    if (*len + l * 6 + 3 >= cap) return gerr(L, n, "validate.schema: too large");
+    *len += keel_json_quote(s, l, out + *len, cap - *len);
+    return 0;
+  }
+  if (n->type == YAML_SEQUENCE_NODE) {
+    EMIT("[", 1);
+    for (yaml_node_item_t *i = n->data.sequence.items.start; i < n->data.sequence.items.top; i++) {
+      if (i != n->data.sequence.items.start) EMIT(",", 1);
+      if (yaml_json(L, node(L, *i), out, cap, len, depth + 1)) return -EINVAL;
+    }
+    EMIT("]", 1);
+    return 0;
+  }
+  EMIT("{", 1);
+  for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+    if (p != n->data.mapping.pairs.start) EMIT(",", 1);
+    const yaml_node_t *k = node(L, p->key);
+    if (k->type != YAML_SCALAR_NODE) return gerr(L, k, "validate.schema: keys must be strings");
+    if (*len + k->data.scalar.length * 6 + 4 >= cap) return gerr(L, n, "validate.schema: too large");
+    *len += keel_json_quote((const char *)k->data.scalar.value, k->data.scalar.length,
+                            out + *len, cap - *len);
+    EMIT(":", 1);
+    if (yaml_json(L, node(L, p->value), out, cap, len, depth + 1)) return -EINVAL;
+  }
+  EMIT("}", 1);
+  return 0;
+#undef EMIT
+}
+
+static int load_schema(gwl *L, kl_gw_route *r, const yaml_node_t *v) {
+  size_t cap = 1 << 20, len = 0;
+  char *text = malloc(cap), msg[300];
+  if (!text) return gerr(L, v, "out of memory");
+  int rc = 0;
+  if (v->type == YAML_SCALAR_NODE) { /* a file */
+    const char *path = scalar(L, v, "validate.schema");
+    FILE *f = path ? fopen(path, "rbe") : NULL;
+    if (!f) rc = path ? gerr(L, v, "validate.schema: %s: %s", path, strerror(errno)) : -EINVAL;
+    else {
+      len = fread(text, 1, cap, f);
+      if (len == cap) rc = gerr(L, v, "validate.schema: %s: larger than 1 MiB", path);
+      fclose(f);
+    }
+  } else {
+    rc = yaml_json(L, v, text, cap, &len, 0);
+  }
+  if (!rc && kl_jschema_compile(text, len, &r->schema, msg, sizeof msg) != 0)
+    rc = gerr(L, v, "validate.schema: %s", msg);
+  free(text);
+  return rc;
+}
+
+/* A list of words (methods, media types, header names) into `out` (at most 8). */
+static int word_list(gwl *L, const yaml_node_t *v, const char *what, char **out, uint32_t *n,
+                     int lower) {
+  if (v->type != YAML_SEQUENCE_NODE) return gerr(L, v, "%s: expected a list", what);
+  for (yaml_node_item_t *i = v->data.sequence.items.start; i < v->data.sequence.items.top; i++) {
+    const yaml_node_t *e = node(L, *i);
+    const char *s = e ? scalar(L, e, what) : NULL;
+    if (!s) return -EINVAL;
+    if (*n == 8) return gerr(L, e, "%s: at most 8", what);
+    if (!s[0] || strlen(s) > 127 || strpbrk(s, " \t\r\n,;"))
+      return gerr(L, e, "%s: '%s' is not a single token", what, s);
+    char *d = strings_dup(L, s, strlen(s));
+    if (!d) return gerr(L, e, "routes: too much text");
+    for (char *p = d; lower && *p; p++)
+      if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
+    out[(*n)++] = d;
+  }
+  return 0;
+}
+
+static int validate_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  kl_gw_route *r = arg;
+  if (!strcmp(k, "methods")) {
+    uint32_t save = r->methods;
+    r->methods = 0;
+    int e = route_methods(L, r, v);
+    r->v_methods = r->methods;
+    r->methods = save;
+    return e;
+  }
+  if (!strcmp(k, "content_types")) return word_list(L, v, "validate.content_types", r->v_ctypes, &r->v_nctypes, 1);
+  if (!strcmp(k, "require_headers"))
+    return word_list(L, v, "validate.require_headers", r->v_headers, &r->v_nheaders, 0);
+  if (!strcmp(k, "max_body")) {
+    const char *s = scalar(L, v, "validate.max_body");
+    char msg[200];
+    uint64_t b;
+    if (!s) return -EINVAL;
+    if (kl_conf_size(s, &b, msg, sizeof msg)) return gerr(L, v, "validate.max_body: %s", msg);
+    if (!r->max_body || b < r->max_body) r->max_body = b;
+    return 0;
+  }
+  if (!strcmp(k, "schema")) return load_schema(L, r, v);
+  return gerr(L, v, "validate: unknown key '%s' (methods, content_types, max_body, require_headers, schema)", k);
+}
+
 typedef struct route_ctx {
   kl_gw_route *r;
   const yaml_node_t *upstream; /* resolved after all upstreams are known */
@@ -370,6 +582,9 @@ static int route_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
     return gerr(L, v, "handler: '%s' is not a built-in handler (%s)", s, names);
   }
   if (!strcmp(k, "timeouts")) return each_pair(L, v, "timeouts", timeouts_pair, r);
+  if (!strcmp(k, "auth")) return each_pair(L, v, "auth", auth_pair, r);
+  if (!strcmp(k, "rate_limit")) return load_rate_limit(L, r, v);
+  if (!strcmp(k, "validate")) return each_pair(L, v, "validate", validate_pair, r);
   if (!strcmp(k, "retries")) return each_pair(L, v, "retries", retries_pair, r);
   if (!strcmp(k, "max_body")) {
     const char *s = scalar(L, v, "max_body");
@@ -380,7 +595,7 @@ static int route_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
   }
   return gerr(L, v,
               "route: unknown key '%s' (name, host, path, prefix, methods, upstream, handler, "
-              "timeouts, retries, max_body)",
+              "timeouts, retries, max_body, auth, rate_limit, validate)",
               k);
 }
 
@@ -409,6 +624,11 @@ static int load_route(gwl *L, const yaml_node_t *v) {
     if (r->upstream < 0) return gerr(L, rc.upstream, "upstream: no upstream named '%s'", s);
   }
   if (!r->name[0]) snprintf(r->name, sizeof r->name, "%s%s", r->path, r->prefix ? "*" : "");
+  if (r->rl && r->rl->scope == KL_RL_GLOBAL && !gw->redis)
+    return gerr(L, v, "rate_limit: scope: global needs a top-level redis: {address: ...}");
+  if (r->rl && (r->rl_by == KL_RL_BY_KEY || r->rl_by == KL_RL_BY_TENANT) && !r->keys)
+    return gerr(L, v, "rate_limit: by: key and by: tenant need auth: {api_keys: ...}");
+  r->policies = r->keys || r->rl || r->v_methods || r->v_nctypes || r->v_nheaders || r->schema;
   kl_route *rt = &r->rt; /* what the HTTP layer dispatches */
   rt->method = (char *)"*";
   rt->method_len = 1;
@@ -418,18 +638,53 @@ static int load_route(gwl *L, const yaml_node_t *v) {
   if (r->action == KL_GW_PROXY) {
     rt->handler = kl_proxy_handler;
     rt->userdata = r;
-    /* Streamed; not traced yet: a proxied request outlives the worker's one SERVER span. */
-    rt->flags = KL_ROUTE_STREAM | KL_ROUTE_UNTRACED;
+    /* Streamed, unless a schema must see the whole body first. Not traced yet: a proxied
+     * request outlives the worker's one SERVER span. */
+    rt->flags = (uint8_t)((r->schema ? 0 : KL_ROUTE_STREAM) | KL_ROUTE_UNTRACED);
     rt->body_max = r->max_body;
   } else {
     rt->handler = r->handler;
     rt->userdata = r->handler_ud;
   }
+  if (r->policies) {
+    rt->handler = kl_gw_policy_handler;
+    rt->userdata = r;
+  }
   return 0;
+}
+
+static int circuit_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  kl_redis_config *c = arg;
+  if (!strcmp(k, "failures")) return get_uint(L, v, "redis.circuit.failures", 1, 1000, &c->circuit_failures);
+  if (!strcmp(k, "cooldown")) return get_ms(L, v, "redis.circuit.cooldown", &c->circuit_cooldown_ms);
+  return gerr(L, v, "redis.circuit: unknown key '%s' (failures, cooldown)", k);
+}
+
+static int redis_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  kl_redis_config *c = arg;
+  char msg[300];
+  if (!strcmp(k, "circuit")) return each_pair(L, v, "redis.circuit", circuit_pair, c);
+  const char *s = scalar(L, v, "redis");
+  if (!s) return -EINVAL;
+  if (!strcmp(k, "address"))
+    return kl_redis_config_set_address(c, s, msg, sizeof msg) ? gerr(L, v, "redis.address: %s", msg) : 0;
+  if (!strcmp(k, "password_file"))
+    return kl_redis_config_read_password(c, s, msg, sizeof msg) ? gerr(L, v, "redis.password_file: %s", msg) : 0;
+  if (!strcmp(k, "timeout")) return get_ms(L, v, "redis.timeout", &c->timeout_ms);
+  if (!strcmp(k, "max_in_flight")) return get_uint(L, v, "redis.max_in_flight", 1, 100000, &c->max_in_flight);
+  return gerr(L, v, "redis: unknown key '%s' (address, password_file, timeout, max_in_flight, circuit)", k);
 }
 
 static int top_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
   (void)arg;
+  if (!strcmp(k, "redis")) {
+    kl_gw *gw = L->gw;
+    if (!(gw->redis = calloc(1, sizeof *gw->redis))) return gerr(L, v, "out of memory");
+    kl_redis_config_init(gw->redis);
+    int rc = each_pair(L, v, "redis", redis_pair, gw->redis);
+    if (!rc && !gw->redis->port) return gerr(L, v, "redis: needs address: HOST:PORT");
+    return rc;
+  }
   if (!strcmp(k, "upstreams")) {
     if (v->type == YAML_SCALAR_NODE && v->data.scalar.length == 0) return 0;
     return each_pair(L, v, "upstreams", upstreams_pair, NULL);
@@ -483,6 +738,8 @@ kl_gw *kl_gw_load(const char *path, const kl_gw_handler *handlers, size_t nhandl
   } else {
     rc = load_doc(&L);
     yaml_document_delete(&L.doc);
+    for (uint32_t i = 0; rc == 0 && i < gw->nroutes && !gw->rl_table; i++)
+      if (gw->routes[i].rl && !(gw->rl_table = kl_rl_table_new(100000, err, errlen))) rc = -ENOMEM;
   }
   yaml_parser_delete(&p);
   fclose(f);

@@ -60,6 +60,8 @@ struct kl_proxy_req {
   uint32_t attempt;
   char *head;             /* the request head for the upstream */
   size_t head_len;
+  char *extra;            /* response header lines the gateway adds (rate limits) */
+  size_t extra_len;
   uint8_t chunked_up;     /* the body goes to the upstream chunked */
   uint8_t has_body;       /* a body follows the head */
   uint8_t body_end;       /* the client's last body bytes were taken */
@@ -344,6 +346,7 @@ static void pr_free(kl_proxy_req *pr) {
     pr->uc = NULL;
   }
   free(pr->head);
+  free(pr->extra);
   free(pr);
 }
 
@@ -484,37 +487,42 @@ static void check_sent(kl_proxy_req *pr) {
   if (!pr->sent && uc && uc->out.len == 0 && (!pr->has_body || pr->body_end)) pr->sent = 1;
 }
 
-/* Stream ops: body bytes from the client, copied to the upstream's output (bounded). */
+/* Stream ops: body bytes from the client, copied to the upstream's output (bounded) and
+ * written at once. Takes fewer only while the socket is full, so EPOLLOUT resumes the body. */
 static size_t on_body(void *arg, const char *p, size_t len, int end) {
   kl_proxy_req *pr = arg;
   kl_upconn *uc = pr->uc;
-  if (!uc || uc->state != UC_ACTIVE || uc->out.len - uc->out_off >= UP_OUT_MAX)
-    return 0; /* not connected yet, or the upstream is slow: the client waits */
-  size_t room = UP_OUT_MAX - (uc->out.len - uc->out_off);
-  size_t take = len < room ? len : room;
-  if (kl_buf_reserve(&uc->out, take + 32) != 0) return 0;
-  if (pr->chunked_up && take) {
-    int l = snprintf(uc->out.data + uc->out.len, 24, "%zx\r\n", take);
-    uc->out.len += (size_t)l;
-  }
-  memcpy(uc->out.data + uc->out.len, p, take);
-  uc->out.len += take;
-  if (pr->chunked_up && take) {
-    memcpy(uc->out.data + uc->out.len, "\r\n", 2);
-    uc->out.len += 2;
-  }
-  pr->body_taken += take;
-  if (end && take == len) {
-    pr->body_end = 1;
-    if (pr->chunked_up) kl_buf_append(&uc->out, "0\r\n\r\n", 5);
-  }
-  if (uc_flush(uc) != 0) {
-    kl_proxy_req *keep = pr;
-    attempt_failed(keep, 0, 502, "the upstream connection failed while sending the request");
-    return take; /* the request is answered (or retried: it is not, a body was taken) */
+  size_t total = 0;
+  if (!uc || uc->state != UC_ACTIVE) return 0; /* not connected yet: uc_ready resumes */
+  while (total < len || (end && !pr->body_end)) {
+    size_t pending = uc->out.len - uc->out_off;
+    if (pending >= UP_OUT_MAX) break; /* the upstream is slow: the client waits */
+    size_t room = UP_OUT_MAX - pending, take = len - total < room ? len - total : room;
+    if (kl_buf_reserve(&uc->out, take + 32) != 0) break;
+    if (pr->chunked_up && take) {
+      int l = snprintf(uc->out.data + uc->out.len, 24, "%zx\r\n", take);
+      uc->out.len += (size_t)l;
+    }
+    memcpy(uc->out.data + uc->out.len, p + total, take);
+    uc->out.len += take;
+    if (pr->chunked_up && take) {
+      memcpy(uc->out.data + uc->out.len, "\r\n", 2);
+      uc->out.len += 2;
+    }
+    total += take;
+    pr->body_taken += take;
+    if (end && total == len) {
+      pr->body_end = 1;
+      if (pr->chunked_up) kl_buf_append(&uc->out, "0\r\n\r\n", 5);
+    }
+    if (uc_flush(uc) != 0) {
+      attempt_failed(pr, 0, 502, "the upstream connection failed while sending the request");
+      return total; /* answered: a body was taken, so it is not retried */
+    }
+    if (uc->out.len != 0) break; /* the socket is full: EPOLLOUT resumes the body */
   }
   check_sent(pr);
-  return take;
+  return total;
 }
 
 static void on_drained(void *arg) {
@@ -628,7 +636,7 @@ static void attempt(kl_proxy_req *pr) {
 static int send_head(kl_proxy_req *pr, const char *buf, const kl_header *hdrs) {
   const kl_http_resp *r = &pr->resp;
   const char *conn_v = NULL;
-  size_t conn_l = 0, cap = r->head_len + 64;
+  size_t conn_l = 0, cap = r->head_len + pr->extra_len + 64;
   for (uint32_t i = 0; i < r->nheaders; i++)
     if (kl_http_name_eq(buf + hdrs[i].name_off, hdrs[i].name_len, "connection")) {
       conn_v = buf + hdrs[i].value_off;
@@ -647,6 +655,7 @@ static int send_head(kl_proxy_req *pr, const char *buf, const kl_header *hdrs) {
     p = put(p, buf + hdrs[i].value_off, hdrs[i].value_len);
     p = PUTS(p, "\r\n");
   }
+  if (pr->extra_len) p = put(p, pr->extra, pr->extra_len);
   int64_t len = r->chunked || !r->has_length ? -1 : (int64_t)r->content_length;
   if (pr->is_head && r->has_length) len = (int64_t)r->content_length;
   int rc = kl_stream_head(&pr->d, r->status, out, (size_t)(p - out), len, !pr->resp_body && !pr->is_head);
@@ -676,6 +685,7 @@ static void response_done(kl_proxy_req *pr, int reusable) {
   pr_uncount(pr);
   kl_timer_cancel(&pr->w->loop.timers, &pr->timer);
   free(pr->head);
+  free(pr->extra);
   free(pr);
   kl_stream_end(&d);
 }
@@ -851,8 +861,9 @@ static void uc_event(kl_loop *loop, kl_io *io, uint32_t events) {
 
 /* ---- the handler ---------------------------------------------------------------------- */
 
-void kl_proxy_handler(keel_req *req, void *route) {
-  const kl_gw_route *r = route;
+void kl_proxy_handler(keel_req *req, void *route) { kl_proxy_start(req, route, NULL, 0); }
+
+void kl_proxy_start(keel_req *req, const kl_gw_route *r, const char *extra, size_t extra_len) {
   kl_worker *w = req->conn->w;
   keel_server *srv = w->srv;
   kl_gw_upstream *u = &srv->gw->ups[r->upstream];
@@ -869,6 +880,10 @@ void kl_proxy_handler(keel_req *req, void *route) {
     free(pr);
     keel_respond_error(req, 503, "out of memory");
     return;
+  }
+  if (extra_len && (pr->extra = malloc(extra_len)) != NULL) {
+    memcpy(pr->extra, extra, extra_len);
+    pr->extra_len = extra_len;
   }
   pr->r = r;
   pr->u = u;

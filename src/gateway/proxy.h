@@ -15,4 +15,10 @@ void kl_proxy_workers_free(kl_gw_upstream *u, unsigned n);
 /** The route handler of a proxied route (userdata: its kl_gw_route). */
 void kl_proxy_handler(keel_req *req, void *route);
 
+/**
+ * Proxies `req` on route `r` (also a request already held with kl_req_stream); `extra`
+ * ("Name: value\r\n" lines, copied) is added to the response the client gets.
+ */
+void kl_proxy_start(keel_req *req, const kl_gw_route *r, const char *extra, size_t extra_len);
+
 #endif

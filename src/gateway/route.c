@@ -5,7 +5,10 @@
 #include <strings.h>
 
 #include "gateway/gw.h"
+#include "core/keys.h"
+#include "gateway/jschema.h"
 #include "gateway/proxy.h"
+#include "gateway/ratelimit.h"
 #include "http/stats.h"
 
 static int hexval(char c) {
@@ -155,6 +158,14 @@ void kl_gw_free(kl_gw *gw) {
     free(gw->ups[i].eps);
   }
   free(gw->ups);
+  for (uint32_t i = 0; gw->routes && i < gw->nroutes; i++) {
+    kl_keyring_free(gw->routes[i].keys);
+    free(gw->routes[i].rl);
+    kl_jschema_free(gw->routes[i].schema);
+  }
+  free(gw->wk);
+  kl_rl_table_free(gw->rl_table);
+  free(gw->redis);
   free(gw->routes);
   free(gw->strings);
   free(gw);

@@ -630,22 +630,30 @@ static uint32_t conn_slot(const kl_conn *c, const kl_route *r, const char *base)
   return r->slot + (c->head.is_head && r->method[0] == 'G'); /* HEAD on a GET route */
 }
 
+/* Makes the worker's header array describe this connection's current request again. */
+static void conn_reparse(kl_conn *c) {
+  kl_worker *w = c->w;
+  if (w->hdrs_conn == c && w->hdrs_gen == c->gen) return;
+  /* Another connection parsed since: parse this (valid) head again for its header views. */
+  size_t scanned = 0;
+  kl_http_error err;
+  uint8_t expect = c->head.expect_continue;
+  uint64_t cl = c->head.content_length;
+  kl_http_parse_head(c->in.data + c->in_start, c->head.head_len, &scanned, &w->limits, w->hdrs,
+                     &c->head, &err);
+  c->head.expect_continue = expect;
+  c->head.content_length = cl;
+  w->hdrs_conn = c;
+  w->hdrs_gen = c->gen;
+  if (w->srv->gw && c->listener == 0) conn_normalize(c); /* as at head time: cannot fail */
+}
+
 /* Runs the handler for the complete request in `in` and moves to the next one. */
 static void conn_dispatch(kl_conn *c, size_t req_end) {
   kl_worker *w = c->w;
   keel_req *req = &c->req;
   const char *base = c->in.data + c->in_start;
-  if (w->hdrs_conn != c || w->hdrs_gen != c->gen) {
-    /* Another connection parsed since: parse this (valid) head again for its header views. */
-    size_t scanned = 0;
-    kl_http_error err;
-    uint8_t expect = c->head.expect_continue;
-    kl_http_parse_head(base, c->head.head_len, &scanned, &w->limits, w->hdrs, &c->head, &err);
-    c->head.expect_continue = expect;
-    w->hdrs_conn = c;
-    w->hdrs_gen = c->gen;
-    if (w->srv->gw && c->listener == 0) conn_normalize(c); /* as at head time: cannot fail */
-  }
+  conn_reparse(c);
   memset(req, 0, sizeof(*req));
   req->conn = c;
   req->base = base;
@@ -731,6 +739,7 @@ keel_req *kl_deferred_req(const kl_deferred *d) {
   kl_conn *c = deferred_conn(d);
   if (!c) return NULL;
   c->w->hdrbuf.len = 0;
+  conn_reparse(c); /* header views valid again while answering */
   if (c->state == KL_CONN_STREAM && !c->stream_done) c->closing = 1; /* the body stays unread */
   return &c->req;
 }
@@ -767,6 +776,7 @@ static void conn_dispatch_stream(kl_conn *c) {
   req->base = base;
   w->hdrbuf.len = 0;
   c->sops = NULL;
+  c->stream_pre = 0;
   c->stream_left = c->head.chunked ? 0 : c->head.content_length;
   c->stream_done = !c->head.chunked && c->head.content_length == 0;
   c->stream_head = c->stream_chunked = c->stream_drain = 0;
@@ -776,11 +786,12 @@ static void conn_dispatch_stream(kl_conn *c) {
   c->wait_route = r;
   c->wait_slot = slot;
   if (!(r->flags & KL_ROUTE_UNTRACED)) kl_reqtrace_begin(w, req, r);
+  c->state = KL_CONN_STREAM; /* the body comes as it arrives (kl_req_stream) */
   c->busy++;
   r->handler(req, r->userdata);
   c->busy--;
   if (c->closed || c->gen != gen) return; /* answered and finished inside the handler */
-  if ((c->state == KL_CONN_STREAM || c->state == KL_CONN_WAIT) && !req->responded) {
+  if (req->deferred && !req->responded) {
     kl_arena_reset(&w->arena);
     if (c->state == KL_CONN_STREAM && !c->stream_done) conn_deadline(c, w->srv->cfg.body_timeout_ms);
     if (c->state == KL_CONN_STREAM && c->stream_done) {
@@ -803,7 +814,7 @@ static void stream_body(kl_conn *c) {
     char *base = c->in.data + c->in_start;
     size_t avail = c->in.len - c->in_start, hl = c->head.head_len, have;
     int end;
-    if (!c->head.chunked) {
+    if (c->stream_pre || !c->head.chunked) { /* de-chunked in place already when stream_pre */
       have = avail - hl < c->stream_left ? avail - hl : (size_t)c->stream_left;
       end = have == c->stream_left;
     } else {
@@ -839,9 +850,8 @@ static void stream_body(kl_conn *c) {
     if (c->head.chunked) {
       c->raw_pos -= took;
       c->body_pos -= took;
-    } else {
-      c->stream_left -= took;
     }
+    if (c->stream_pre || !c->head.chunked) c->stream_left -= took;
     c->stream_paused = took < have;
     if (c->stream_paused) break; /* the handler is full: kl_stream_resume continues */
     if (end) c->stream_done = 1;
@@ -856,7 +866,7 @@ static void stream_body(kl_conn *c) {
 /* A streamed connection reads while the body is coming and the handler keeps up, and waits
  * for output room while its response backs up. */
 static void stream_events(kl_conn *c) {
-  int rd = !c->stream_done && !c->stream_paused &&
+  int rd = !c->stream_done && !c->stream_paused && !c->stream_pre &&
            c->in.len - c->in_start < (size_t)64 * 1024 + c->head.head_len;
   int wr = c->seg_first < c->nsegs;
   c->reading = (uint8_t)rd;
@@ -865,6 +875,12 @@ static void stream_events(kl_conn *c) {
 
 void kl_req_stream(keel_req *req, kl_deferred *d, const kl_stream_ops *ops, void *arg) {
   kl_conn *c = req->conn;
+  if (c->state != KL_CONN_STREAM) { /* dispatched whole (or deferred): the body is all here */
+    c->stream_pre = 1;
+    c->stream_left = req->body_len;
+    c->stream_done = req->body_len == 0;
+    c->stream_head = c->stream_chunked = c->stream_drain = c->stream_paused = 0;
+  }
   req->deferred = 1;
   c->state = KL_CONN_STREAM;
   c->wait_id = ++c->w->wait_seq;
@@ -991,11 +1007,19 @@ void kl_stream_abort(const kl_deferred *d) {
 
 const char *kl_deferred_peer(const kl_deferred *d) { return kl_conn_peer(d->conn); }
 
+/* The current request's body cap: its listener's, or its route's when lower (a gateway
+ * route's validate.max_body on a buffered route). */
+static uint64_t conn_body_max(const kl_conn *c) {
+  uint64_t max = c->w->srv->listeners[c->listener].body_max;
+  if (c->route && c->route->body_max && c->route->body_max < max) max = c->route->body_max;
+  return max;
+}
+
 /* Parses and handles every complete request buffered, as far as output backpressure allows. */
 static void conn_process(kl_conn *c) {
   kl_worker *w = c->w;
   const keel_config *cfg = &w->srv->cfg;
-  uint64_t body_max = w->srv->listeners[c->listener].body_max;
+  uint64_t body_max = conn_body_max(c);
   while (!c->closing && !c->closed && c->state != KL_CONN_WAIT &&
          (c->state != KL_CONN_STREAM || !c->stream_done)) {
     if (c->nsegs + 4 > KL_SEGS_MAX || c->out.len > KL_OUT_HIGH) {
@@ -1046,6 +1070,7 @@ static void conn_process(kl_conn *c) {
           continue;
         }
       }
+      body_max = conn_body_max(c);
       if (c->head.has_length && c->head.content_length > body_max) {
         respond_error_close(c, 413, "request body too large", (long)c->head.head_len, 0);
         return;

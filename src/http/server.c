@@ -442,6 +442,7 @@ static int worker_init(keel_server *srv, kl_worker *w, unsigned id, const int *l
 
 static void worker_cleanup(kl_worker *w) {
   kl_otlp_http_worker_close(w);
+  kl_gw_worker_close(w->srv->gw, w->id);
   for (unsigned i = 0; i < KL_LISTENERS_MAX; i++)
     if (w->listen_io[i].fd >= 0) close(w->listen_io[i].fd);
   if (w->ctl_io.fd >= 0) close(w->ctl_io.fd);

@@ -98,6 +98,7 @@ struct kl_conn {
   uint8_t stream_drain;  /* tell sops->drained when the output is flushed */
   uint8_t stream_paused; /* the handler took fewer body bytes than offered */
   uint8_t busy;          /* in a handler callback: finishing must not recurse into parsing */
+  uint8_t stream_pre;    /* the body was read whole before the stream began (stream_left) */
   uint8_t state;
   uint8_t closing;      /* close once the output is flushed */
   uint8_t closed;       /* fd closed; waiting for the worker to recycle the struct */
