@@ -1238,7 +1238,7 @@ static void conn_event(kl_loop *loop, kl_io *io, uint32_t events) {
       conn_process(c); /* pipelined requests waiting behind the backlog */
       if (!c->closed) conn_flush(c);
       /* TLS: a read that waited for EPOLLOUT, or bytes decrypted before the backlog. */
-      if (c->ssl && !c->closed && c->reading) {
+      if (c->ssl && !c->closed && !c->closing && c->reading) {
         conn_read(c);
         return;
       }

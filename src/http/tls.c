@@ -433,7 +433,8 @@ kl_tls *kl_tls_client_new(kl_tls_client_ctx *ctx, int fd, const char *host, char
   SSL_set_fd(t->ssl, fd);
   SSL_set_connect_state(t->ssl);
   /* SNI carries names only (RFC 6066 3); an address is checked against the IP SANs. */
-  int ok = is_ip || SSL_set_tlsext_host_name(t->ssl, host) == 1;
+  int ok = is_ip || SSL_ctrl(t->ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+                            (void *)(uintptr_t)host) == 1; /* SSL_set_tlsext_host_name */
   if (ok && ctx->verify) {
     X509_VERIFY_PARAM *p = SSL_get0_param(t->ssl);
     X509_VERIFY_PARAM_set_hostflags(p, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/epoll.h> /* the events an I/O call waits for */
 #include <sys/types.h>
 #include <sys/uio.h>
 
