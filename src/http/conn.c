@@ -1145,7 +1145,8 @@ static ssize_t conn_recv(kl_conn *c, void *buf, size_t len) {
   char err[160];
   ssize_t n = kl_tls_ssl_read(c->ssl, buf, len, &want, err, sizeof(err));
   if (n >= 0) return n;
-  if (n == -EAGAIN) conn_want(c, want | EPOLLRDHUP);
+  if (n == -EAGAIN) /* output still queued keeps its EPOLLOUT (a streamed response) */
+    conn_want(c, want | EPOLLRDHUP | (c->seg_first < c->nsegs ? EPOLLOUT : 0));
   else if (n == -EPROTO) /* failed handshakes (mTLS, plain HTTP, old clients), bad records */
     keel_log(c->w->srv, KEEL_LOG_INFO, "TLS error", "error", err, "client.address",
              kl_conn_peer(c), NULL);

@@ -393,6 +393,46 @@ def test_many_clients_at_once():
             s.close()
 
 
+# ---- the gateway behind TLS ----------------------------------------------------------------------
+
+
+def test_gateway_streams_through_tls():
+    """Proxied requests and responses are streamed (not buffered) through the TLS connection."""
+    from upstream import Upstream
+    a = Upstream("a")
+    cfg = tls_config() + ("workers: 1\nupstreams:\n  a:\n    endpoints: [127.0.0.1:%d]\n"
+                          "routes:\n  - prefix: /\n    upstream: a\n" % a.port)
+    try:
+        with Keel(config=cfg) as k:
+            s = tls_connect(k, client())
+            s.settimeout(30)
+            size = 8 << 20
+            s.sendall(b"POST /rec HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+            chunk = b"z" * (1 << 20)
+            for _ in range(size >> 20):
+                s.sendall(chunk)
+            r = Reader(s)
+            j = r.response().json()
+            assert j["body_len"] == size, j
+            s.sendall(get("/big/%d" % size))
+            while b"\r\n\r\n" not in r.buf:
+                r._fill()
+            head, rest = r.buf.split(b"\r\n\r\n", 1)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            got = len(rest)
+            while got < size:  # counted, not joined: TLS reads come in 16 KiB records
+                d = s.recv(1 << 20)
+                assert d, got
+                got += len(d)
+            assert got == size, got
+            r.buf = b""
+            s.sendall(get("/hello"))
+            assert r.response().status in (200, 404)
+            s.close()
+    finally:
+        a.close()
+
+
 # ---- configuration -------------------------------------------------------------------------------
 
 
