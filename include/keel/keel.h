@@ -55,6 +55,10 @@ typedef struct keel_config {
   uint32_t write_timeout_ms;  /**< time a pending response may make no progress */
   uint32_t drain_delay_ms;    /**< after SIGTERM: keep serving (readyz 503) this long */
   uint32_t drain_timeout_ms;  /**< after the delay: time for in-flight requests to end */
+  char tls_cert[256];         /**< PEM certificate chain for `listen`; "" = plain HTTP */
+  char tls_key[256];          /**< PEM private key of tls_cert; set both or neither */
+  char tls_client_ca[256];    /**< PEM CA bundle for client certificates (mTLS); "" = none */
+  uint8_t tls_client_auth;    /**< with tls_client_ca: 0 none, 1 optional, 2 require */
   keel_log_level log_level;   /**< least severe level written */
   double access_log_sample;   /**< fraction of requests logged: 0 = off, 1 = all */
   uint32_t log_buffer_bytes;  /**< per-thread log ring; lines beyond it are dropped and counted */
@@ -122,7 +126,10 @@ KEEL_API int keel_config_set(keel_config *cfg, const char *key, const char *valu
  */
 KEEL_API int keel_config_apply_env(keel_config *cfg, char *err, size_t errlen);
 
-/** Checks cross-field rules (e.g. limits that contradict). 0 or -EINVAL with `err`. */
+/**
+ * Checks cross-field rules (e.g. limits that contradict) and, when tls.cert is set, that the
+ * TLS files load (readable, certificate and key belong together). 0 or -EINVAL with `err`.
+ */
 KEEL_API int keel_config_validate(const keel_config *cfg, char *err, size_t errlen);
 
 /** A server: listeners, workers, routes. Not copyable; one per process is usual. */

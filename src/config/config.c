@@ -14,6 +14,7 @@
 #include <yaml.h>
 
 #include "config/config.h"
+#include "http/tls.h"
 #include "keel/keel.h"
 
 /*
@@ -93,6 +94,16 @@ static const key keys[] = {
      "after SIGTERM: keep serving (readyz 503) this long"},
     {"shutdown.drain_timeout", K_DURATION, FIELD(drain_timeout_ms), 1, 10 * MINUTE, "10s",
      "after the delay: time for in-flight requests to end"},
+    {"tls.cert", K_TEXT, FIELD(tls_cert), 0, 0, "",
+     "PEM certificate chain (server first) for `listen`, which then speaks TLS only; with "
+     "tls.key; empty: plain HTTP", NULL, KF_EMPTY},
+    {"tls.key", K_TEXT, FIELD(tls_key), 0, 0, "", "PEM private key of tls.cert", NULL, KF_EMPTY},
+    {"tls.client_ca", K_TEXT, FIELD(tls_client_ca), 0, 0, "",
+     "PEM CA bundle that client certificates must chain to (mTLS); empty: none asked",
+     NULL, KF_EMPTY},
+    {"tls.client_auth", K_CHOICE, FIELD(tls_client_auth), 0, 2, "require",
+     "with tls.client_ca: require a valid client certificate, accept clients without one "
+     "(optional), or ask none", "none|optional|require"},
     {"log.level", K_LEVEL, FIELD(log_level), KEEL_LOG_DEBUG, KEEL_LOG_ERROR, "info",
      "least severe level written"},
     {"log.access", K_SWITCH, FIELD(access_log_sample), 0, 1, "on",
@@ -870,6 +881,22 @@ int keel_config_validate(const keel_config *cfg, char *err, size_t errlen) {
     fmt_size(cfg->header_bytes_max, b, sizeof b);
     seterr(err, errlen, "limits.request_line (%s) must not exceed limits.header_bytes (%s)", a, b);
     return -EINVAL;
+  }
+  if (!cfg->tls_cert[0] != !cfg->tls_key[0]) {
+    seterr(err, errlen, "tls.cert and tls.key go together: set both or neither");
+    return -EINVAL;
+  }
+  if (cfg->tls_client_ca[0] && !cfg->tls_cert[0]) {
+    seterr(err, errlen, "tls.client_ca needs tls.cert and tls.key");
+    return -EINVAL;
+  }
+  if (cfg->tls_cert[0]) {
+    kl_tls_server_config tc = {cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca,
+                               cfg->tls_client_auth};
+    if (kl_tls_server_check(&tc, msg, sizeof msg) != 0) {
+      seterr(err, errlen, "%s", msg);
+      return -EINVAL;
+    }
   }
   if (cfg->workers > cfg->max_connections) {
     seterr(err, errlen, "workers (%" PRIu32 ") must not exceed max_connections (%" PRIu32 ")",

@@ -12,6 +12,7 @@
 
 #include "gateway/gw.h"
 #include "http/server_internal.h"
+#include "http/tls.h"
 #include "keel/json.h"
 
 #define KL_CONN_INBUF 4096         /* first input allocation, kept while the struct is pooled */
@@ -70,6 +71,8 @@ static void conn_close(kl_conn *c) {
     o->cancel(c->sarg);
   }
   kl_io_stop(&w->loop, &c->io);
+  kl_tls_ssl_free(c->ssl); /* close_notify if still due, never waits */
+  c->ssl = NULL;
   close(c->io.fd);
   c->io.fd = -1;
   kl_timer_cancel(&w->loop.timers, &c->timer);
@@ -127,6 +130,7 @@ static void conn_want(kl_conn *c, uint32_t events) {
 static void conn_linger(kl_conn *c) {
   c->state = KL_CONN_LINGER;
   c->lingered = 0;
+  if (c->ssl) kl_tls_ssl_shutdown(c->ssl); /* close_notify; the discarded input stays raw */
   shutdown(c->io.fd, SHUT_WR);
   conn_deadline(c, c->w->draining ? KL_LINGER_DRAIN_MS : KL_LINGER_MS); /* exit promptly */
   conn_want(c, EPOLLIN | EPOLLRDHUP);
@@ -282,6 +286,21 @@ static void respond_error_close(kl_conn *c, int status, const char *msg, long of
 
 /* ---- output ------------------------------------------------------------- */
 
+/* Sends iovecs to the socket or through TLS: bytes, or -1 with errno; EAGAIN sets *want to
+ * the events to wait for (TLS may need the socket readable). */
+static ssize_t conn_send_iov(kl_conn *c, struct iovec *iov, int n, uint32_t *want) {
+  *want = EPOLLOUT;
+  if (c->ssl) {
+    ssize_t r = kl_tls_ssl_writev(c->ssl, iov, n, want);
+    if (r < 0) errno = (int)-r;
+    return r < 0 ? -1 : r;
+  }
+  /* send/sendmsg rather than write/writev: the socket calls skip the VFS file-position lock. */
+  struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+  return n == 1 ? send(c->io.fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL)
+                : sendmsg(c->io.fd, &msg, MSG_NOSIGNAL);
+}
+
 /* Writes what is queued; 0 when all is out (or the conn closed), 1 when the socket is full. */
 static int conn_flush(kl_conn *c) {
   while (c->seg_first < c->nsegs) {
@@ -291,15 +310,13 @@ static int conn_flush(kl_conn *c) {
       iov[n].iov_base = c->out.data + c->segs[i].off;
       iov[n].iov_len = c->segs[i].len;
     }
-    /* send/sendmsg rather than write/writev: the socket calls skip the VFS file-position lock. */
-    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-    ssize_t wr = n == 1 ? send(c->io.fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL)
-                        : sendmsg(c->io.fd, &msg, MSG_NOSIGNAL);
+    uint32_t want;
+    ssize_t wr = conn_send_iov(c, iov, n, &want);
     if (wr < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
         conn_deadline(c, c->w->srv->cfg.write_timeout_ms);
-        conn_want(c, EPOLLOUT | EPOLLRDHUP);
+        conn_want(c, want | EPOLLRDHUP);
         c->reading = 0;
         return 1;
       }
@@ -725,6 +742,8 @@ static void conn_continue(kl_conn *c) {
   if (c->closed || c->busy) return; /* the parser's caller goes on by itself */
   conn_process(c);
   if (!c->closed) conn_flush(c);
+  if (c->ssl && !c->closed && !c->closing && c->reading && kl_tls_ssl_pending(c->ssl))
+    conn_read(c); /* TLS: bytes decrypted before the pause, which epoll does not report */
 }
 
 /* Is `d` still the request waiting on its connection (deferred, or streamed and unanswered)? */
@@ -1143,9 +1162,29 @@ static void conn_compact(kl_conn *c) {
   c->in_start = 0;
 }
 
+/* Reads from the socket or through TLS: bytes, 0 at EOF, or -1 with errno. A TLS read that
+ * must wait arms the events it waits for (a handshake may need the socket writable). */
+static ssize_t conn_recv(kl_conn *c, void *buf, size_t len) {
+  if (!c->ssl) return recv(c->io.fd, buf, len, 0);
+  uint32_t want = 0;
+  char err[160];
+  ssize_t n = kl_tls_ssl_read(c->ssl, buf, len, &want, err, sizeof(err));
+  if (n >= 0) return n;
+  if (n == -EAGAIN) /* output still queued keeps its EPOLLOUT (a streamed response) */
+    conn_want(c, want | EPOLLRDHUP | (c->seg_first < c->nsegs ? EPOLLOUT : 0));
+  else if (n == -EPROTO) /* failed handshakes (mTLS, plain HTTP, old clients), bad records */
+    keel_log(c->w->srv, KEEL_LOG_INFO, "TLS error", "error", err, "client.address",
+             kl_conn_peer(c), NULL);
+  errno = (int)-n;
+  return -1;
+}
+
+/* TLS only: decrypted bytes wait inside the SSL, where epoll cannot see them. */
+static int conn_tls_pending(kl_conn *c) { return c->ssl && kl_tls_ssl_pending(c->ssl); }
+
 static void conn_read(kl_conn *c) {
   const keel_config *cfg = &c->w->srv->cfg;
-  for (int i = 0; i < KL_READS_PER_EVENT && !c->closed; i++) {
+  for (int i = 0; (i < KL_READS_PER_EVENT || conn_tls_pending(c)) && !c->closed; i++) {
     if (c->in_start > 0 && (c->in.cap - c->in.len < 1024 || c->in_start == c->in.len))
       conn_compact(c);
     if (c->in.cap - c->in.len < 1024) {
@@ -1156,7 +1195,7 @@ static void conn_read(kl_conn *c) {
         return;
       }
     }
-    ssize_t n = recv(c->io.fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
+    ssize_t n = conn_recv(c, c->in.data + c->in.len, c->in.cap - c->in.len);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno != EAGAIN) conn_close(c);
@@ -1176,7 +1215,7 @@ static void conn_read(kl_conn *c) {
     if (c->state == KL_CONN_BODY) conn_deadline(c, cfg->body_timeout_ms);
     conn_process(c);
     if (c->closed || c->closing || !c->reading) break;
-    if ((size_t)n < 1024) break; /* probably drained the socket; epoll will tell us */
+    if ((size_t)n < 1024 && !conn_tls_pending(c)) break; /* probably drained; epoll will tell */
   }
   if (!c->closed) conn_flush(c);
 }
@@ -1209,6 +1248,7 @@ static void conn_event(kl_loop *loop, kl_io *io, uint32_t events) {
     conn_close(c);
     return;
   }
+  if (c->ssl && !c->reading && (events & EPOLLIN)) events |= EPOLLOUT; /* a TLS write waited */
   if (events & EPOLLOUT) {
     if (conn_flush(c) || c->closed) return;
     if (c->state == KL_CONN_STREAM && c->stream_drain && c->sops) {
@@ -1223,6 +1263,11 @@ static void conn_event(kl_loop *loop, kl_io *io, uint32_t events) {
     if (c->reading) {
       conn_process(c); /* pipelined requests waiting behind the backlog */
       if (!c->closed) conn_flush(c);
+      /* TLS: a read that waited for EPOLLOUT, or bytes decrypted before the backlog. */
+      if (c->ssl && !c->closed && !c->closing && c->reading) {
+        conn_read(c);
+        return;
+      }
     }
   }
   if ((events & (EPOLLIN | EPOLLRDHUP)) && c->reading) conn_read(c);
@@ -1267,7 +1312,7 @@ static void conn_timer_cb(kl_timer *t) {
 
 /* ---- accept ------------------------------------------------------------- */
 
-static void refuse(kl_worker *w, int fd) {
+static void refuse(kl_worker *w, int fd, int tls) {
   static const char body[] = "{\"error\":\"too many connections\",\"retry\":true}";
   char msg[320], sink[4096];
   int n = snprintf(msg, sizeof(msg),
@@ -1276,6 +1321,10 @@ static void refuse(kl_worker *w, int fd) {
                    "Connection: close\r\n\r\n%s",
                    w->loop.date, sizeof(body) - 1, body);
   kl_stats_add(w, w->srv->stats.conn_rejected, 1);
+  if (tls) { /* no plaintext answer to a TLS client */
+    close(fd);
+    return;
+  }
   ssize_t ignored = read(fd, sink, sizeof(sink)); /* fewer RSTs: take what already arrived */
   ignored = write(fd, msg, (size_t)n);
   (void)ignored;
@@ -1332,12 +1381,12 @@ void kl_conn_accept(kl_loop *loop, kl_io *io, uint32_t events) {
       return;
     }
     if (w->nconns >= w->max_conns) {
-      refuse(w, fd);
+      refuse(w, fd, k == 0 && w->srv->tls);
       continue;
     }
     kl_conn *c = conn_new(w, k);
     if (!c) {
-      refuse(w, fd);
+      refuse(w, fd, k == 0 && w->srv->tls);
       continue;
     }
     int one = 1;
@@ -1345,7 +1394,16 @@ void kl_conn_accept(kl_loop *loop, kl_io *io, uint32_t events) {
     c->io.fd = fd;
     memcpy(&c->peer, &peer, sizeof(peer));
     c->peer_text[0] = '\0';
+    c->ssl = NULL;
+    if (k == 0 && w->srv->tls && !(c->ssl = kl_tls_accept(w->srv->tls, fd))) {
+      close(fd); /* out of memory */
+      list_push(&w->free, c);
+      w->nfree++;
+      continue;
+    }
     if (kl_io_start(loop, &c->io, EPOLLIN | EPOLLRDHUP) < 0) {
+      kl_tls_ssl_free(c->ssl);
+      c->ssl = NULL;
       close(fd);
       list_push(&w->free, c);
       w->nfree++;

@@ -18,6 +18,7 @@
 #include "gateway/gw.h"
 #include "gateway/health.h"
 #include "http/server_internal.h"
+#include "http/tls.h"
 #include "pipeline/grpc.h"
 #include "pipeline/pipeline.h"
 
@@ -214,6 +215,11 @@ keel_server *keel_server_new(const keel_config *cfg, char *err, size_t errlen) {
     }
     srv->listeners[l].body_budget = cfg->buffer_memory_bytes;
   }
+  if (cfg->tls_cert[0]) {
+    kl_tls_server_config tc = {cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca,
+                               cfg->tls_client_auth};
+    if (!(srv->tls = kl_tls_server_new(&tc, err, errlen))) goto fail;
+  }
   srv->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   srv->donefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (srv->stopfd < 0 || srv->donefd < 0) {
@@ -291,6 +297,7 @@ void keel_server_free(keel_server *srv) {
   kl_log_free(srv->log);
   kl_metrics_free(srv->metrics);
   kl_stats_free(&srv->stats);
+  kl_tls_server_free(srv->tls);
   free(srv);
 }
 
@@ -534,6 +541,23 @@ static int tracer_start(keel_server *srv) {
   return 0;
 }
 
+/* SIGHUP: TLS certificates are read again (new connections get them; open ones keep theirs).
+ * The rest of the configuration is not reloaded yet. Main thread. */
+static void sighup(keel_server *srv) {
+  if (!srv->tls) {
+    keel_log(srv, KEEL_LOG_WARN, "SIGHUP ignored: configuration reload is not supported yet",
+             NULL);
+    return;
+  }
+  char err[512];
+  if (kl_tls_reload(srv->tls, NULL, err, sizeof err) == 0)
+    keel_log(srv, KEEL_LOG_INFO, "TLS certificates reloaded", "tls.cert", srv->cfg.tls_cert,
+             NULL);
+  else
+    keel_log(srv, KEEL_LOG_ERROR, "TLS reload failed: keeping the previous certificates",
+             "error", err, NULL);
+}
+
 /* Drain phases of the main thread. */
 enum { PH_RUN, PH_DELAY, PH_DRAIN, PH_DONE };
 
@@ -611,6 +635,7 @@ int keel_server_run(keel_server *srv) {
     kl_line l; /* "address" is the main listener; the others go by name */
     kl_line_begin(&l, KEEL_LOG_INFO, "listening");
     kl_line_cstr(&l, "address", addr_text(&srv->listeners[0], buf, sizeof(buf)));
+    if (srv->tls) kl_line_cstr(&l, "tls", "on");
     for (unsigned i = 1; i < srv->nlisteners; i++)
       kl_line_cstr(&l, srv->listeners[i].name, addr_text(&srv->listeners[i], buf, sizeof(buf)));
     kl_line_int(&l, "workers", srv->nworkers);
@@ -637,8 +662,7 @@ int keel_server_run(keel_server *srv) {
       struct signalfd_siginfo si;
       while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         if (si.ssi_signo == SIGHUP) {
-          keel_log(srv, KEEL_LOG_WARN, "SIGHUP ignored: configuration reload is not supported yet",
-                   NULL);
+          sighup(srv);
           continue;
         }
         if (phase != PH_RUN) {

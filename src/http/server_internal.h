@@ -125,6 +125,7 @@ struct kl_conn {
   char peer_text[INET6_ADDRSTRLEN]; /* formatted on first use; "" until then */
   uint16_t peer_port;
   keel_req req;
+  struct ssl_st *ssl;   /* TLS on this connection (http/tls.h); NULL: plain */
 };
 
 /** Commands from the main thread to a worker (kl_worker.cmd). */
@@ -182,6 +183,7 @@ struct keel_server {
   kl_tracer *tracer;    /* OTLP span export; NULL with tracing off */
   struct kl_pipeline *pipeline; /* OTLP in, disk buffer, Kafka out; NULL when off */
   struct kl_grpc *grpc;         /* the OTLP/gRPC receiver thread; NULL when off */
+  struct kl_tls_server *tls;    /* TLS of listener 0 (tls.cert); NULL: plain HTTP */
 };
 
 /** Worker-side: the peer's address as text (formatted on first use). */

@@ -35,6 +35,10 @@ static void assert_cfg_equal(const keel_config *a, const keel_config *b) {
   assert_int_equal(a->write_timeout_ms, b->write_timeout_ms);
   assert_int_equal(a->drain_delay_ms, b->drain_delay_ms);
   assert_int_equal(a->drain_timeout_ms, b->drain_timeout_ms);
+  assert_string_equal(a->tls_cert, b->tls_cert);
+  assert_string_equal(a->tls_key, b->tls_key);
+  assert_string_equal(a->tls_client_ca, b->tls_client_ca);
+  assert_int_equal(a->tls_client_auth, b->tls_client_auth);
   assert_int_equal(a->log_level, b->log_level);
   assert_true(a->access_log_sample == b->access_log_sample);
   assert_int_equal(a->log_buffer_bytes, b->log_buffer_bytes);
@@ -204,6 +208,10 @@ static const kcase cases[] = {
     {"timeouts.write", "KEEL_TIMEOUTS_WRITE", "1h", 'u', 3600000, 0},
     {"shutdown.drain_delay", "KEEL_SHUTDOWN_DRAIN_DELAY", "5s", 'u', 5000, 0},
     {"shutdown.drain_timeout", "KEEL_SHUTDOWN_DRAIN_TIMEOUT", "20s", 'u', 20000, 0},
+    {"tls.cert", "KEEL_TLS_CERT", "/etc/keel/tls.crt", 'p', 0, 0},
+    {"tls.key", "KEEL_TLS_KEY", "/etc/keel/tls.key", 'p', 0, 0},
+    {"tls.client_ca", "KEEL_TLS_CLIENT_CA", "/etc/keel/clients-ca.crt", 'p', 0, 0},
+    {"tls.client_auth", "KEEL_TLS_CLIENT_AUTH", "optional", 'c', 1, 0},
     {"log.level", "KEEL_LOG_LEVEL", "debug", 'l', KEEL_LOG_DEBUG, 0},
     {"log.access", "KEEL_LOG_ACCESS", "off", 'd', 0, 0.0},
     {"log.access_sample", "KEEL_LOG_ACCESS_SAMPLE", "0.25", 'd', 0, 0.25},
@@ -254,6 +262,9 @@ static const char *str_field(const keel_config *cfg, const char *key) {
     size_t off;
   } f[] = {
       {"listen", offsetof(keel_config, listen)},
+      {"tls.cert", offsetof(keel_config, tls_cert)},
+      {"tls.key", offsetof(keel_config, tls_key)},
+      {"tls.client_ca", offsetof(keel_config, tls_client_ca)},
       {"metrics.path", offsetof(keel_config, metrics_path)},
       {"tracing.endpoint", offsetof(keel_config, trace_endpoint)},
       {"tracing.service_name", offsetof(keel_config, service_name)},
@@ -284,6 +295,7 @@ static unsigned switch_field(const keel_config *cfg, const char *key) {
 
 static uint8_t *choice_ptr(keel_config *cfg, const char *key) {
   if (strcmp(key, "otlp.format") == 0) return &cfg->otlp_format;
+  if (strcmp(key, "tls.client_auth") == 0) return &cfg->tls_client_auth;
   if (strcmp(key, "otlp.mode") == 0) return &cfg->otlp_batch;
   if (strcmp(key, "otlp.ack") == 0) return &cfg->otlp_ack_delivered;
   if (strcmp(key, "kafka.compression") == 0) return &cfg->kafka_compression;
@@ -424,7 +436,9 @@ static void test_set_every_key(void **state) {
     check_case(&cfg, &cases[i]);
     apply_case(&want, &cases[i]);
     assert_cfg_equal(&cfg, &want);
-    assert_int_equal(keel_config_validate(&cfg, err, sizeof err), 0);
+    /* the TLS files do not exist here (tests/integration/test_tls.py checks them) */
+    if (strncmp(cases[i].key, "tls.", 4) != 0 || strcmp(cases[i].key, "tls.client_auth") == 0)
+      assert_int_equal(keel_config_validate(&cfg, err, sizeof err), 0);
   }
 }
 
@@ -478,6 +492,11 @@ static const char every_key_yaml[] = "# every key, nested\n"
                                      "  drain_delay: 5s\n"
                                      "  drain_timeout: 20s\n"
                                      "  flush_timeout: 30s\n"
+                                     "tls:\n"
+                                     "  cert: /etc/keel/tls.crt\n"
+                                     "  key: /etc/keel/tls.key\n"
+                                     "  client_ca: /etc/keel/clients-ca.crt\n"
+                                     "  client_auth: optional\n"
                                      "log:\n"
                                      "  level: debug\n"
                                      "  access_sample: 0.25\n"
@@ -1246,6 +1265,20 @@ static void test_validate(void **state) {
   expect_invalid(&cfg, "limits.request_line (64KiB) must not exceed limits.header_bytes (32KiB)");
   assert_int_equal(keel_config_set(&cfg, "limits.header_bytes", "64KiB", NULL, 0), 0);
   assert_int_equal(keel_config_validate(&cfg, NULL, 0), 0);
+
+  /* TLS: the pairs; the files themselves are checked in tests/unit/test_tls.c */
+  keel_config_init(&cfg);
+  assert_int_equal(keel_config_set(&cfg, "tls.cert", "/nonexistent/tls.crt", NULL, 0), 0);
+  expect_invalid(&cfg, "tls.cert and tls.key go together: set both or neither");
+  keel_config_init(&cfg);
+  assert_int_equal(keel_config_set(&cfg, "tls.key", "/nonexistent/tls.key", NULL, 0), 0);
+  expect_invalid(&cfg, "tls.cert and tls.key go together: set both or neither");
+  keel_config_init(&cfg);
+  assert_int_equal(keel_config_set(&cfg, "tls.client_ca", "/nonexistent/ca.pem", NULL, 0), 0);
+  expect_invalid(&cfg, "tls.client_ca needs tls.cert and tls.key");
+  assert_int_equal(keel_config_set(&cfg, "tls.cert", "/nonexistent/tls.crt", NULL, 0), 0);
+  assert_int_equal(keel_config_set(&cfg, "tls.key", "/nonexistent/tls.key", NULL, 0), 0);
+  expect_invalid(&cfg, "tls.cert /nonexistent/tls.crt: No such file or directory");
 
   keel_config_init(&cfg);
   cfg.workers = 8;
