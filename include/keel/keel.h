@@ -99,6 +99,7 @@ typedef struct keel_config {
   uint64_t files_rotate_bytes;   /**< file sink: start a new file at this size */
   uint32_t files_keep;           /**< file sink: files kept per signal */
   uint32_t pipeline_flush_ms;    /**< at shutdown: time to deliver what the buffer holds */
+  char admin_listen[128];        /**< admin endpoint "HOST:PORT" on loopback (POST /-/reload); "" = off */
 } keel_config;
 
 /** Fills `cfg` with the defaults (no file needed). */

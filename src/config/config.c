@@ -135,6 +135,8 @@ static const key keys[] = {
      "one export request's time limit"},
     {"pipeline.enabled", K_SWITCH, FIELD(pipeline_enabled), 0, 1, "on",
      "run the telemetry pipeline: OTLP receivers, disk buffer, Kafka or file sink"},
+    {"admin.listen", K_LISTEN, FIELD(admin_listen), 0, 0, "",
+     "admin endpoint HOST:PORT, loopback only (POST /-/reload); empty: off", NULL, KF_EMPTY},
     {"otlp.http_listen", K_LISTEN, FIELD(otlp_http_listen), 0, 0, "127.0.0.1:4318",
      "OTLP/HTTP receiver HOST:PORT; empty: off", NULL, KF_EMPTY},
     {"otlp.grpc_listen", K_LISTEN, FIELD(otlp_grpc_listen), 0, 0, "127.0.0.1:4317",
@@ -805,6 +807,13 @@ int keel_config_validate(const keel_config *cfg, char *err, size_t errlen) {
     return -EINVAL;
   }
   char msg[512];
+  const char *adm = cfg->admin_listen;
+  if (adm[0] && strncmp(adm, "127.", 4) != 0 && strncmp(adm, "[::1]:", 6) != 0 &&
+      strncmp(adm, "localhost:", 10) != 0) {
+    seterr(err, errlen, "admin.listen: '%s' must be a loopback address (127.0.0.1:PORT, "
+                        "[::1]:PORT or localhost:PORT): the admin endpoint has no authentication", adm);
+    return -EINVAL;
+  }
   for (size_t i = 0; i < NKEYS; i++) {
     const key *k = &keys[i];
     const unsigned char *p = (const unsigned char *)cfg + k->off;

@@ -70,6 +70,7 @@ enum { KL_GW_PROXY, KL_GW_HANDLER };
 /** One route: a match and an action, with its timeouts and retries. */
 typedef struct kl_gw_route {
   kl_route rt;            /* what the HTTP layer sees: handler, flags, the name as its path */
+  struct kl_gw *gw;       /* the gateway it belongs to */
   char name[128];         /* metrics label: `name:` or the path ("/api/..." for a prefix) */
   char *host;             /* exact host, "*.example.com" for a suffix, NULL = any */
   char *path;             /* normalised; matched exactly or as a prefix */
@@ -122,7 +123,19 @@ typedef struct kl_gw {
   uint32_t nroutes;
   unsigned nworkers;  /* per-worker arrays have this many entries (0 before kl_gw_bind) */
   char *strings;      /* route strings live here */
+  /* Reload (kl_server_reload): a replaced gateway is freed once every worker is done with it. */
+  struct kl_gw_inflight *inflight; /* per worker: requests holding a route of this gateway */
+  uint8_t *released;  /* per worker: it closed its part (pools, Redis) of a retired gateway */
+  _Atomic uint8_t retired;
+  _Atomic unsigned retire_left; /* workers still to release it */
+  struct kl_gw *next_retired;
 } kl_gw;
+
+/** Per-worker count, on its own cache line (written by its worker only). */
+typedef struct kl_gw_inflight {
+  _Atomic uint64_t n;
+  char pad[56];
+} kl_gw_inflight;
 
 /**
  * Loads the gateway sections of the YAML file `path` (`upstreams:` and `routes:`; other keys
@@ -153,6 +166,22 @@ long kl_gw_normalize(const char *path, size_t len, char *out, const char **why);
 const kl_gw_route *kl_gw_match(const kl_gw *gw, const char *host, size_t hlen, const char *m,
                                size_t mlen, const char *path, size_t plen, char *allow,
                                size_t allowlen);
+
+/**
+ * Gives new routes of `gw` the metrics slots of the same route (name and methods) in `old`,
+ * or `fallback` (KL_METHODS_N slots labelled "_reloaded") when it is new.
+ */
+void kl_gw_adopt_slots(kl_gw *gw, const kl_gw *old, uint32_t fallback);
+
+/** Worker-side: a request took (+1) or left (-1) a route of `gw`. */
+void kl_gw_ref(kl_gw *gw, unsigned worker, int delta);
+
+/**
+ * Worker-side, once the worker knows `gw` was replaced and whenever it may be done with it:
+ * when none of its requests use it, closes the worker's idle upstream connections and Redis
+ * client of it; the last worker to do so frees it. Returns 1 when the worker released it.
+ */
+int kl_gw_release(kl_gw *gw, unsigned worker, int (*unlink)(void *arg, kl_gw *gw), void *arg);
 
 /** Worker-side, as the worker stops: closes its Redis client and rate-limit context. */
 void kl_gw_worker_close(kl_gw *gw, unsigned worker);

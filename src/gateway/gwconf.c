@@ -629,6 +629,7 @@ static int load_route(gwl *L, const yaml_node_t *v) {
   if (r->rl && (r->rl_by == KL_RL_BY_KEY || r->rl_by == KL_RL_BY_TENANT) && !r->keys)
     return gerr(L, v, "rate_limit: by: key and by: tenant need auth: {api_keys: ...}");
   r->policies = r->keys || r->rl || r->v_methods || r->v_nctypes || r->v_nheaders || r->schema;
+  r->gw = gw;
   kl_route *rt = &r->rt; /* what the HTTP layer dispatches */
   rt->method = (char *)"*";
   rt->method_len = 1;

@@ -238,7 +238,7 @@ void kl_gw_policy_handler(keel_req *req, void *route) {
     const char *key;
     size_t len;
     char buf[96];
-    kl_rl_worker *rw = rl_worker(w->srv->gw, w);
+    kl_rl_worker *rw = rl_worker(r->gw, w);
     if (!rw) {
       keel_respond_error(req, 503, "out of memory");
       return;

@@ -84,6 +84,7 @@ struct kl_proxy_req {
 
 static const kl_stream_ops stream_ops;
 static void attempt(kl_proxy_req *pr);
+static void uc_close(kl_upconn *uc);
 static void uc_event(kl_loop *loop, kl_io *io, uint32_t events);
 static int on_readable(kl_proxy_req *pr);
 
@@ -129,6 +130,17 @@ void kl_proxy_workers_free(kl_gw_upstream *u, unsigned n) {
   }
   free(a);
   u->w = NULL;
+}
+
+void kl_proxy_worker_close(kl_gw_upstream *u, unsigned worker) {
+  kl_up_worker *uw = &u->w[worker];
+  for (uint32_t e = 0; e < u->neps; e++)
+    while (uw->idle[e]) {
+      kl_upconn *uc = uw->idle[e];
+      uw->idle[e] = uc->next;
+      uw->nidle[e]--;
+      uc_close(uc);
+    }
 }
 
 static uint64_t rnd(kl_up_worker *uw) {
@@ -865,8 +877,7 @@ void kl_proxy_handler(keel_req *req, void *route) { kl_proxy_start(req, route, N
 
 void kl_proxy_start(keel_req *req, const kl_gw_route *r, const char *extra, size_t extra_len) {
   kl_worker *w = req->conn->w;
-  keel_server *srv = w->srv;
-  kl_gw_upstream *u = &srv->gw->ups[r->upstream];
+  kl_gw_upstream *u = &r->gw->ups[r->upstream];
   kl_up_worker *uw = &u->w[w->id];
   uw->loop = &w->loop;
   if (u->max_pending && atomic_load(&u->pending) >= u->max_pending) {

@@ -9,6 +9,9 @@ struct kl_up_worker;
 /** Per-worker state of upstream `u` (idle pools per endpoint) for `n` workers; NULL on ENOMEM. */
 struct kl_up_worker *kl_proxy_workers_new(kl_gw_upstream *u, unsigned n);
 
+/** Worker-side: closes this worker's idle connections to `u` (a replaced gateway). */
+void kl_proxy_worker_close(kl_gw_upstream *u, unsigned worker);
+
 /** Closes the idle connections and frees the per-worker state (workers have stopped). */
 void kl_proxy_workers_free(kl_gw_upstream *u, unsigned n);
 

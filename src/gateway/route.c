@@ -143,6 +143,9 @@ uint32_t kl_gw_slot(const kl_gw_route *r, unsigned mi) {
 }
 
 int kl_gw_bind(kl_gw *gw, unsigned nworkers) {
+  gw->inflight = calloc(nworkers, sizeof *gw->inflight);
+  gw->released = calloc(nworkers, 1);
+  if (!gw->inflight || !gw->released) return -ENOMEM;
   for (uint32_t i = 0; i < gw->nups; i++) {
     gw->ups[i].w = kl_proxy_workers_new(&gw->ups[i], nworkers);
     if (!gw->ups[i].w) return -ENOMEM;
@@ -164,9 +167,44 @@ void kl_gw_free(kl_gw *gw) {
     kl_jschema_free(gw->routes[i].schema);
   }
   free(gw->wk);
+  free(gw->inflight);
+  free(gw->released);
   kl_rl_table_free(gw->rl_table);
   free(gw->redis);
   free(gw->routes);
   free(gw->strings);
   free(gw);
+}
+
+void kl_gw_adopt_slots(kl_gw *gw, const kl_gw *old, uint32_t fallback) {
+  for (uint32_t i = 0; i < gw->nroutes; i++) {
+    kl_gw_route *r = &gw->routes[i];
+    r->slot = fallback;
+    r->nslots = KL_METHODS_N;
+    for (uint32_t j = 0; old && j < old->nroutes; j++) {
+      const kl_gw_route *o = &old->routes[j];
+      if (o->methods == r->methods && strcmp(o->name, r->name) == 0) {
+        r->slot = o->slot;
+        r->nslots = o->nslots;
+        break;
+      }
+    }
+  }
+}
+
+void kl_gw_ref(kl_gw *gw, unsigned worker, int delta) {
+  _Atomic uint64_t *n = &gw->inflight[worker].n;
+  atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + (uint64_t)(int64_t)delta,
+                        memory_order_relaxed);
+}
+
+int kl_gw_release(kl_gw *gw, unsigned worker, int (*unlink)(void *arg, kl_gw *gw), void *arg) {
+  if (!atomic_load(&gw->retired) || gw->released[worker] ||
+      atomic_load_explicit(&gw->inflight[worker].n, memory_order_relaxed) != 0)
+    return 0;
+  gw->released[worker] = 1;
+  for (uint32_t i = 0; i < gw->nups; i++) kl_proxy_worker_close(&gw->ups[i], worker);
+  kl_gw_worker_close(gw, worker);
+  if (atomic_fetch_sub(&gw->retire_left, 1) == 1 && unlink(arg, gw)) kl_gw_free(gw);
+  return 1;
 }

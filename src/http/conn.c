@@ -50,6 +50,22 @@ static void list_push(kl_conn **head, kl_conn *c) {
   *head = c;
 }
 
+/* The gateway when this connection's requests go through it (listener 0, some routes). */
+static struct kl_gw *conn_gw(const kl_conn *c) {
+  struct kl_gw *gw = kl_srv_gw(c->w->srv);
+  return gw && gw->nroutes && c->listener == 0 ? gw : NULL;
+}
+
+/* The current request no longer holds a gateway route; a replaced gateway may go. */
+static void gw_unref(kl_conn *c) {
+  struct kl_gw *gw = c->gw_ref;
+  if (!gw) return;
+  c->gw_ref = NULL;
+  kl_gw_ref(gw, c->w->id, -1);
+  if (atomic_load_explicit(&gw->retired, memory_order_acquire))
+    kl_gw_release(gw, c->w->id, kl_server_gw_unlink, c->w->srv);
+}
+
 /* Gives back what the current request charged against its listener's body budget. */
 static void body_release(kl_conn *c) {
   if (!c->body_charge) return;
@@ -82,6 +98,7 @@ static void conn_close(kl_conn *c) {
   w->nconns--;
   kl_stats_add(w, w->srv->stats.conn_active, (uint64_t)-1);
   if (c->in_request) kl_stats_add(w, w->srv->stats.in_flight, (uint64_t)-1);
+  gw_unref(c);
   if (w->draining && w->nconns == 0) w->loop.stop = 1;
 }
 
@@ -576,6 +593,7 @@ static void conn_finish(kl_conn *c, const kl_route *r, uint32_t slot, size_t req
   access_log(c, req, r, us);
   kl_reqtrace_end(w, req, r, us);
   kl_arena_reset(&w->arena);
+  gw_unref(c);
   if (!conn_keeps(c)) c->closing = 1;
   c->in_start += req_end;
   c->in_request = 0;
@@ -629,12 +647,17 @@ static const kl_route *conn_find_route(kl_conn *c, char *allow, size_t allowlen)
   const char *m = base + c->head.method_off, *path = base + c->head.path_off;
   const kl_route *r = kl_route_find(w->srv, c->listener, m, c->head.method_len, path,
                                     c->head.path_len, allow, allowlen);
-  if (r || allow[0] || !w->srv->gw || c->listener != 0) return r;
+  struct kl_gw *gw = kl_srv_gw(w->srv);
+  if (r || allow[0] || !gw || c->listener != 0) return r;
   size_t hlen = 0;
   const char *host = conn_host(c, &hlen);
-  const kl_gw_route *g = kl_gw_match(w->srv->gw, host, hlen, m, c->head.method_len,
+  const kl_gw_route *g = kl_gw_match(gw, host, hlen, m, c->head.method_len,
                                      c->head.path_len ? path : "/", c->head.path_len ? c->head.path_len : 1,
                                      allow, allowlen);
+  if (g && !c->gw_ref) { /* held until the request ends: a reload cannot free it meanwhile */
+    c->gw_ref = gw;
+    kl_gw_ref(gw, w->id, 1);
+  }
   return g ? &g->rt : NULL;
 }
 
@@ -662,7 +685,7 @@ static void conn_reparse(kl_conn *c) {
   c->head.content_length = cl;
   w->hdrs_conn = c;
   w->hdrs_gen = c->gen;
-  if (w->srv->gw && c->listener == 0) conn_normalize(c); /* as at head time: cannot fail */
+  if (conn_gw(c)) conn_normalize(c); /* as at head time: cannot fail */
 }
 
 /* Runs the handler for the complete request in `in` and moves to the next one. */
@@ -1075,7 +1098,7 @@ static void conn_process(kl_conn *c) {
       }
       w->hdrs_conn = c;
       w->hdrs_gen = c->gen;
-      if (w->srv->gw && c->listener == 0) {
+      if (conn_gw(c)) {
         char allow[128];
         if (conn_normalize(c) != 0) return;
         c->route = conn_find_route(c, allow, sizeof(allow));

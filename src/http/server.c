@@ -17,6 +17,7 @@
 #include "http/otlp_http.h"
 #include "gateway/gw.h"
 #include "gateway/health.h"
+#include "gateway/proxy.h"
 #include "http/server_internal.h"
 #include "http/tls.h"
 #include "pipeline/grpc.h"
@@ -195,6 +196,29 @@ int kl_server_listen(keel_server *srv, const char *name, const char *addr, uint6
   return (int)srv->nlisteners++;
 }
 
+/* POST /-/reload on the admin listener: what SIGHUP does, answered with the outcome. It runs
+ * on the worker (reading the file and resolving names block it for that long). */
+static void admin_reload(keel_req *req, void *arg) {
+  keel_server *srv = arg;
+  char err[512], body[700];
+  if (!srv->config_path && !srv->tls) {
+    keel_respond_error(req, 409, "keel was started without a config file: nothing to reload");
+    return;
+  }
+  if (kl_server_reload(srv, err, sizeof err) != 0) {
+    keel_log(srv, KEEL_LOG_ERROR, "reload failed: the previous configuration keeps serving",
+             "error", err, NULL);
+    keel_respond_error(req, 400, err);
+    return;
+  }
+  kl_gw *gw = kl_srv_gw(srv);
+  keel_log(srv, KEEL_LOG_INFO, "configuration reloaded", "file",
+           srv->config_path ? srv->config_path : "", "by", "admin", NULL);
+  int n = snprintf(body, sizeof body, "{\"reloaded\":true,\"routes\":%u,\"upstreams\":%u}",
+                   gw ? gw->nroutes : 0, gw ? gw->nups : 0);
+  keel_respond(req, 200, "application/json", body, (size_t)n);
+}
+
 keel_server *keel_server_new(const keel_config *cfg, char *err, size_t errlen) {
   keel_server *srv = calloc(1, sizeof(*srv));
   if (!srv) {
@@ -203,6 +227,7 @@ keel_server *keel_server_new(const keel_config *cfg, char *err, size_t errlen) {
   }
   srv->cfg = *cfg;
   srv->stopfd = srv->donefd = -1;
+  pthread_mutex_init(&srv->reload_lock, NULL);
   if (keel_config_validate(&srv->cfg, err, errlen) ||
       kl_server_listen(srv, "listen", cfg->listen, cfg->body_max, err, errlen) < 0)
     goto fail;
@@ -214,6 +239,14 @@ keel_server *keel_server_new(const keel_config *cfg, char *err, size_t errlen) {
       goto fail;
     }
     srv->listeners[l].body_budget = cfg->buffer_memory_bytes;
+  }
+  if (cfg->admin_listen[0]) {
+    int l = kl_server_listen(srv, "admin", cfg->admin_listen, 0, err, errlen);
+    if (l < 0 || kl_route_add(srv, (unsigned)l, "POST", "/-/reload", admin_reload, srv,
+                              KL_ROUTE_UNTRACED) != 0) {
+      if (l >= 0) snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
   }
   if (cfg->tls_cert[0]) {
     kl_tls_server_config tc = {cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca,
@@ -264,6 +297,13 @@ int keel_server_gateway(keel_server *srv, const char *path, char *err, size_t er
   if (!srv || !path) return -EINVAL;
   kl_gw *gw = kl_gw_load(path, srv->handlers, srv->nhandlers, err, errlen);
   if (!gw) return -EINVAL;
+  char *p = strdup(path);
+  if (!p) {
+    kl_gw_free(gw);
+    return -ENOMEM;
+  }
+  free(srv->config_path);
+  srv->config_path = p;
   kl_gw_free(srv->gw);
   srv->gw = gw;
   return (int)gw->nroutes;
@@ -291,6 +331,13 @@ void keel_server_free(keel_server *srv) {
   }
   free(srv->routes);
   kl_gw_free(srv->gw);
+  while (srv->retired) {
+    kl_gw *g = srv->retired;
+    srv->retired = g->next_retired;
+    kl_gw_free(g);
+  }
+  free(srv->config_path);
+  pthread_mutex_destroy(&srv->reload_lock);
   free(srv->handlers);
   if (srv->stopfd >= 0) close(srv->stopfd);
   if (srv->donefd >= 0) close(srv->donefd);
@@ -332,12 +379,47 @@ static int open_listener(const kl_listener *l, int port) {
 
 static void worker_close_listener(kl_timer *t);
 
+int kl_server_gw_unlink(void *arg, kl_gw *gw) {
+  keel_server *srv = arg;
+  pthread_mutex_lock(&srv->reload_lock);
+  int found = 0;
+  for (kl_gw **pp = &srv->retired; *pp; pp = &(*pp)->next_retired)
+    if (*pp == gw) {
+      *pp = gw->next_retired;
+      found = 1;
+      break;
+    }
+  pthread_mutex_unlock(&srv->reload_lock);
+  return found;
+}
+
+/* Releases the worker's part of every replaced gateway it no longer uses; `stopping`: the
+ * worker exits, so it closes its part of all of them (they are freed with the server). */
+static void worker_release_gws(kl_worker *w, int stopping) {
+  keel_server *srv = w->srv;
+  kl_gw *list[16];
+  size_t n = 0;
+  pthread_mutex_lock(&srv->reload_lock);
+  for (kl_gw *g = srv->retired; g && n < 16; g = g->next_retired) list[n++] = g;
+  pthread_mutex_unlock(&srv->reload_lock);
+  for (size_t i = 0; i < n; i++) {
+    if (!stopping) {
+      kl_gw_release(list[i], w->id, kl_server_gw_unlink, srv); /* may free list[i] */
+    } else if (!list[i]->released[w->id]) {
+      list[i]->released[w->id] = 1;
+      for (uint32_t u = 0; u < list[i]->nups; u++) kl_proxy_worker_close(&list[i]->ups[u], w->id);
+      kl_gw_worker_close(list[i], w->id);
+    }
+  }
+}
+
 static void worker_ctl(kl_loop *loop, kl_io *io, uint32_t events) {
   (void)events;
   kl_worker *w = (kl_worker *)(void *)((char *)io - offsetof(kl_worker, ctl_io));
   uint64_t v;
   ssize_t n = read(io->fd, &v, sizeof(v));
   (void)n;
+  if (atomic_exchange(&w->gw_retire, 0)) worker_release_gws(w, 0);
   int cmd = atomic_exchange(&w->cmd, KL_CMD_NONE);
   if (cmd == KL_CMD_FORCE) {
     kl_conn_close_all(w);
@@ -450,6 +532,7 @@ static int worker_init(keel_server *srv, kl_worker *w, unsigned id, const int *l
 static void worker_cleanup(kl_worker *w) {
   kl_otlp_http_worker_close(w);
   kl_gw_worker_close(w->srv->gw, w->id);
+  worker_release_gws(w, 1);
   for (unsigned i = 0; i < KL_LISTENERS_MAX; i++)
     if (w->listen_io[i].fd >= 0) close(w->listen_io[i].fd);
   if (w->ctl_io.fd >= 0) close(w->ctl_io.fd);
@@ -543,18 +626,81 @@ static int tracer_start(keel_server *srv) {
 
 /* SIGHUP: TLS certificates are read again (new connections get them; open ones keep theirs).
  * The rest of the configuration is not reloaded yet. Main thread. */
+int kl_server_reload(keel_server *srv, char *err, size_t errlen) {
+  pthread_mutex_lock(&srv->reload_lock);
+  int rc = 0;
+  kl_gw *gw = NULL, *old = srv->gw;
+  kl_gw_health *health = NULL;
+  keel_config tmp;
+  keel_config_init(&tmp);
+  if (srv->config_path && (keel_config_load_file(&tmp, srv->config_path, err, errlen) ||
+                           keel_config_apply_env(&tmp, err, errlen) ||
+                           keel_config_validate(&tmp, err, errlen))) {
+    rc = -EINVAL; /* the whole file must be valid, even what only a restart applies */
+    goto out;
+  }
+  if (srv->config_path) {
+    if (!(gw = kl_gw_load(srv->config_path, srv->handlers, srv->nhandlers, err, errlen))) {
+      rc = -EINVAL;
+      goto out;
+    }
+    char herr[160] = "";
+    if (kl_gw_bind(gw, srv->nworkers) != 0 ||
+        (!(health = kl_gw_health_start(gw, srv, herr, sizeof herr)) && herr[0])) {
+      snprintf(err, errlen, "%s", herr[0] ? herr : "out of memory");
+      rc = -ENOMEM;
+      goto out;
+    }
+    kl_gw_adopt_slots(gw, old, srv->reloaded_slot);
+  }
+  if (srv->tls) {
+    kl_tls_server_config tc = {tmp.tls_cert, tmp.tls_key, tmp.tls_client_ca,
+                               tmp.tls_client_auth};
+    if (!srv->config_path) tc = (kl_tls_server_config){srv->cfg.tls_cert, srv->cfg.tls_key,
+                                                       srv->cfg.tls_client_ca, srv->cfg.tls_client_auth};
+    if (kl_tls_reload(srv->tls, &tc, err, errlen) != 0) {
+      rc = -EINVAL;
+      goto out;
+    }
+  }
+  if (gw) { /* swap: new requests take the new routes; the old gateway retires */
+    __atomic_store_n(&srv->gw, gw, __ATOMIC_RELEASE);
+    kl_gw_health_stop(srv->health);
+    srv->health = health;
+    health = NULL;
+    if (old) {
+      atomic_store(&old->retire_left, srv->nworkers);
+      old->next_retired = srv->retired;
+      srv->retired = old;
+      atomic_store_explicit(&old->retired, 1, memory_order_release);
+      for (unsigned i = 0; i < srv->nworkers; i++) {
+        atomic_store(&srv->workers[i].gw_retire, 1);
+        uint64_t one = 1;
+        ssize_t w = write(srv->workers[i].ctl_io.fd, &one, sizeof(one));
+        (void)w;
+      }
+    }
+    gw = NULL;
+  }
+out:
+  kl_gw_health_stop(health);
+  kl_gw_free(gw);
+  pthread_mutex_unlock(&srv->reload_lock);
+  return rc;
+}
+
 static void sighup(keel_server *srv) {
-  if (!srv->tls) {
-    keel_log(srv, KEEL_LOG_WARN, "SIGHUP ignored: configuration reload is not supported yet",
-             NULL);
+  char err[512];
+  if (!srv->config_path && !srv->tls) {
+    keel_log(srv, KEEL_LOG_WARN, "SIGHUP ignored: no config file or TLS to reload", NULL);
     return;
   }
-  char err[512];
-  if (kl_tls_reload(srv->tls, NULL, err, sizeof err) == 0)
-    keel_log(srv, KEEL_LOG_INFO, "TLS certificates reloaded", "tls.cert", srv->cfg.tls_cert,
-             NULL);
+  if (kl_server_reload(srv, err, sizeof err) == 0)
+    keel_log(srv, KEEL_LOG_INFO, "configuration reloaded", "file",
+             srv->config_path ? srv->config_path : "", "routes",
+             srv->gw ? (srv->gw->nroutes ? "yes" : "none") : "none", NULL);
   else
-    keel_log(srv, KEEL_LOG_ERROR, "TLS reload failed: keeping the previous certificates",
+    keel_log(srv, KEEL_LOG_ERROR, "reload failed: the previous configuration keeps serving",
              "error", err, NULL);
 }
 

@@ -89,6 +89,7 @@ struct kl_conn {
   size_t wait_end;      /* the deferred request's end in `in`, relative to in_start */
   uint64_t body_charge; /* bytes of its listener's body_budget the current request holds */
   const kl_route *route; /* chosen when the head arrived (gateway on), else at dispatch */
+  struct kl_gw *gw_ref;  /* the gateway whose route the current request holds (kl_gw_ref) */
   const struct kl_stream_ops *sops; /* KL_CONN_STREAM: the handler's side */
   void *sarg;
   uint64_t stream_left;  /* Content-Length body bytes not yet handed to sops->body */
@@ -160,6 +161,7 @@ struct kl_worker {
   kl_span span;      /* the SERVER span of the request being handled */
   uint64_t wait_seq; /* last deferral id given out */
   void *otlp;        /* the OTLP/HTTP receiver's per-worker state (otlp_http.c) */
+  _Atomic int gw_retire; /* a gateway was replaced: release it when done (kl_gw_release) */
 };
 
 struct keel_server {
@@ -168,6 +170,10 @@ struct keel_server {
   struct kl_gw_handler *handlers; /* built-in handlers routes may name (keel_handler_register) */
   size_t nhandlers;
   struct kl_gw_health *health; /* the gateway's active health checks; NULL when none */
+  char *config_path;      /* the file the gateway came from: reloads read it again */
+  pthread_mutex_t reload_lock;
+  struct kl_gw *retired;  /* replaced gateways still used by some worker (reload_lock) */
+  uint32_t reloaded_slot; /* metrics slots of routes added by a reload ("_reloaded") */
   kl_log *log;
   kl_route *routes;
   size_t nroutes, cap_routes;
@@ -185,6 +191,21 @@ struct keel_server {
   struct kl_grpc *grpc;         /* the OTLP/gRPC receiver thread; NULL when off */
   struct kl_tls_server *tls;    /* TLS of listener 0 (tls.cert); NULL: plain HTTP */
 };
+
+/** The current gateway (replaced by kl_server_reload); NULL when none. Any thread. */
+static inline struct kl_gw *kl_srv_gw(const keel_server *srv) {
+  return __atomic_load_n(&srv->gw, __ATOMIC_ACQUIRE);
+}
+
+/**
+ * Reloads the config file: checks all of it, then swaps in a new gateway (routes, upstreams,
+ * policies, API keys) and TLS certificates; requests in flight finish on the old gateway.
+ * 0, or -EINVAL with err (the old config keeps serving). Any thread; serialised.
+ */
+int kl_server_reload(keel_server *srv, char *err, size_t errlen);
+
+/** Worker-side: takes a replaced gateway off the server's list (1: the caller frees it). */
+int kl_server_gw_unlink(void *srv, struct kl_gw *gw);
 
 /** Worker-side: the peer's address as text (formatted on first use). */
 const char *kl_conn_peer(kl_conn *c);

@@ -120,6 +120,7 @@ int kl_stats_setup(keel_server *srv, unsigned nworkers) {
   uint32_t n = KL_METHODS_N;
   for (size_t i = 0; i < srv->nroutes; i++) n += strcmp(srv->routes[i].method, "GET") ? 1 : 2;
   for (uint32_t i = 0; srv->gw && i < srv->gw->nroutes; i++) n += gw_methods(&srv->gw->routes[i], NULL);
+  if (srv->config_path) n += KL_METHODS_N; /* routes a reload adds */
   st->nslots = n;
   st->slot_hist = calloc(n, sizeof(uint32_t));
   st->slot_key = calloc(n, sizeof(uint32_t));
@@ -139,6 +140,10 @@ int kl_stats_setup(keel_server *srv, unsigned nworkers) {
     g->slot = slot;
     g->nslots = k;
     for (unsigned j = 0; j < k && !rc; j++) rc = slot_add(m, st, slot++, k_methods[list[j]], g->name);
+  }
+  if (srv->config_path) {
+    srv->reloaded_slot = slot;
+    for (unsigned i = 0; i < KL_METHODS_N && !rc; i++) rc = slot_add(m, st, slot++, k_methods[i], "_reloaded");
   }
   st->unmatched = slot;
   for (unsigned i = 0; i < KL_METHODS_N && !rc; i++) rc = slot_add(m, st, slot++, k_methods[i], "");

