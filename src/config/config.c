@@ -1225,5 +1225,5 @@ int kl_conf_hostport(const char *s, char *msg, size_t n) { return parse_listen(s
 
 int kl_conf_foreign_section(const char *name) {
   return strcmp(name, "upstreams") == 0 || strcmp(name, "routes") == 0 ||
-         strcmp(name, "redis") == 0;
+         strcmp(name, "redis") == 0 || strcmp(name, "cache") == 0;
 }

@@ -100,6 +100,8 @@ typedef struct kl_gw_route {
   uint32_t v_nheaders;
   struct kl_jschema *schema; /* validate.schema: JSON bodies checked (buffered first) */
   uint8_t policies;        /* any of the above: the policy handler runs first */
+  uint8_t cache_on;        /* cache: {enabled: true}: GET/HEAD answered from gw->cache */
+  uint64_t cache_max_object;
 } kl_gw_route;
 
 /** What a rate limit counts by. */
@@ -117,6 +119,8 @@ typedef struct kl_gw {
   struct kl_redis_config *redis; /* `redis:`; NULL = none (global limits take their fallback) */
   struct kl_rl_table *rl_table;  /* local buckets of every limit */
   struct kl_gw_worker *wk;       /* per worker: Redis client, rate-limit context (policy.c) */
+  struct kl_cache *cache;        /* responses of routes with cache: {enabled: true} */
+  uint64_t cache_memory;         /* top-level cache.memory */
   kl_gw_upstream *ups;
   uint32_t nups;
   kl_gw_route *routes;
@@ -152,7 +156,8 @@ void kl_gw_free(kl_gw *gw);
 int kl_gw_bind(kl_gw *gw, unsigned nworkers);
 
 /**
- * Normalises an origin-form path into `out` (room for len + 1 bytes): percent-decodes
+ * Normalises an origin-form path into `out` (room for len bytes; `out` may be `path`: it
+ * is never longer; not NUL-terminated): percent-decodes
  * unreserved characters, upper-cases other escapes, merges repeated slashes, removes `.` and
  * `..` segments. Returns the new length, or -1 with *why set when the path is ambiguous
  * (an encoded '/', '\\' or NUL, a bad escape, or `..` above the root): answer 400.

@@ -11,6 +11,7 @@
 
 #include "config/config.h"
 #include "core/keys.h"
+#include "gateway/cache.h"
 #include "gateway/jschema.h"
 #include "gateway/ratelimit.h"
 #include "gateway/redis.h"
@@ -496,6 +497,22 @@ static int validate_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg)
   return gerr(L, v, "validate: unknown key '%s' (methods, content_types, max_body, require_headers, schema)", k);
 }
 
+static int cache_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  kl_gw_route *r = arg;
+  const char *s = scalar(L, v, "cache");
+  char msg[200];
+  if (!s) return -EINVAL;
+  if (!strcmp(k, "enabled")) {
+    if (!strcmp(s, "true") || !strcmp(s, "on")) r->cache_on = 1;
+    else if (!strcmp(s, "false") || !strcmp(s, "off")) r->cache_on = 0;
+    else return gerr(L, v, "cache.enabled: '%s' is not true or false", s);
+    return 0;
+  }
+  if (!strcmp(k, "max_object"))
+    return kl_conf_size(s, &r->cache_max_object, msg, sizeof msg) ? gerr(L, v, "cache.max_object: %s", msg) : 0;
+  return gerr(L, v, "cache: unknown key '%s' (enabled, max_object)", k);
+}
+
 typedef struct route_ctx {
   kl_gw_route *r;
   const yaml_node_t *upstream; /* resolved after all upstreams are known */
@@ -585,6 +602,10 @@ static int route_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
   if (!strcmp(k, "auth")) return each_pair(L, v, "auth", auth_pair, r);
   if (!strcmp(k, "rate_limit")) return load_rate_limit(L, r, v);
   if (!strcmp(k, "validate")) return each_pair(L, v, "validate", validate_pair, r);
+  if (!strcmp(k, "cache")) {
+    r->cache_on = 1; /* a cache: mapping turns it on unless it says enabled: false */
+    return each_pair(L, v, "cache", cache_pair, r);
+  }
   if (!strcmp(k, "retries")) return each_pair(L, v, "retries", retries_pair, r);
   if (!strcmp(k, "max_body")) {
     const char *s = scalar(L, v, "max_body");
@@ -595,7 +616,7 @@ static int route_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
   }
   return gerr(L, v,
               "route: unknown key '%s' (name, host, path, prefix, methods, upstream, handler, "
-              "timeouts, retries, max_body, auth, rate_limit, validate)",
+              "timeouts, retries, max_body, auth, rate_limit, validate, cache)",
               k);
 }
 
@@ -624,6 +645,9 @@ static int load_route(gwl *L, const yaml_node_t *v) {
     if (r->upstream < 0) return gerr(L, rc.upstream, "upstream: no upstream named '%s'", s);
   }
   if (!r->name[0]) snprintf(r->name, sizeof r->name, "%s%s", r->path, r->prefix ? "*" : "");
+  if (r->cache_on && r->action != KL_GW_PROXY)
+    return gerr(L, v, "cache: only routes with an upstream are cached");
+  if (!r->cache_max_object) r->cache_max_object = 1 << 20;
   if (r->rl && r->rl->scope == KL_RL_GLOBAL && !gw->redis)
     return gerr(L, v, "rate_limit: scope: global needs a top-level redis: {address: ...}");
   if (r->rl && (r->rl_by == KL_RL_BY_KEY || r->rl_by == KL_RL_BY_TENANT) && !r->keys)
@@ -676,8 +700,19 @@ static int redis_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
   return gerr(L, v, "redis: unknown key '%s' (address, password_file, timeout, max_in_flight, circuit)", k);
 }
 
+static int top_cache_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  kl_gw *gw = arg;
+  const char *s = scalar(L, v, "cache");
+  char msg[200];
+  if (!s) return -EINVAL;
+  if (!strcmp(k, "memory"))
+    return kl_conf_size(s, &gw->cache_memory, msg, sizeof msg) ? gerr(L, v, "cache.memory: %s", msg) : 0;
+  return gerr(L, v, "cache: unknown key '%s' (memory)", k);
+}
+
 static int top_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
   (void)arg;
+  if (!strcmp(k, "cache")) return each_pair(L, v, "cache", top_cache_pair, L->gw);
   if (!strcmp(k, "redis")) {
     kl_gw *gw = L->gw;
     if (!(gw->redis = calloc(1, sizeof *gw->redis))) return gerr(L, v, "out of memory");
@@ -741,6 +776,20 @@ kl_gw *kl_gw_load(const char *path, const kl_gw_handler *handlers, size_t nhandl
     yaml_document_delete(&L.doc);
     for (uint32_t i = 0; rc == 0 && i < gw->nroutes && !gw->rl_table; i++)
       if (gw->routes[i].rl && !(gw->rl_table = kl_rl_table_new(100000, err, errlen))) rc = -ENOMEM;
+    size_t max_object = 0;
+    for (uint32_t i = 0; rc == 0 && i < gw->nroutes; i++)
+      if (gw->routes[i].cache_on && gw->routes[i].cache_max_object > max_object)
+        max_object = gw->routes[i].cache_max_object;
+    if (rc == 0 && max_object) {
+      kl_cache_conf cc = {.max_bytes = gw->cache_memory ? gw->cache_memory : 64u << 20,
+                          .max_object = max_object};
+      char cerr[200];
+      if (cc.max_object > cc.max_bytes / KL_CACHE_SHARDS) cc.max_object = cc.max_bytes / KL_CACHE_SHARDS;
+      if (!(gw->cache = kl_cache_new(&cc, cerr, sizeof cerr))) {
+        snprintf(err, errlen, "%s: cache: %s", path, cerr);
+        rc = -EINVAL;
+      }
+    }
   }
   yaml_parser_delete(&p);
   fclose(f);

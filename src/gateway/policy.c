@@ -180,8 +180,9 @@ static void decided(void *arg, const kl_rl_decision *d) {
     kl_deferred_finish(&dd);
     return;
   }
-  act(req, r, d); /* a streamed request: the proxy takes it over */
-  if (!stream) kl_deferred_finish(&dd);
+  (void)stream;
+  act(req, r, d); /* a streamed request: the proxy takes it over (a new handle) */
+  kl_deferred_finish(&dd); /* answered here, or a no-op once the proxy has it */
 }
 
 /* The bucket key of a request: 0 with *key set, or -1 when the limit does not apply. */

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <netinet/tcp.h>
 
+#include "gateway/cache.h"
 #include "http/server_internal.h"
 
 #define UP_IN_EXTRA (64 * 1024) /* response bytes buffered beyond a full head */
@@ -80,6 +81,15 @@ struct kl_proxy_req {
   kl_chunked resp_chunked;
   size_t resp_rpos, resp_wpos;
   uint8_t paused;         /* the client's output is backed up: upstream reading stopped */
+  /* The response cache (cache: on the route). */
+  kl_cache_waiter waiter;   /* waiting for another request's fill (cache_wait) */
+  uint8_t cache_wait;
+  uint8_t cancelled;        /* the client left while waiting: the wake frees this */
+  int wake_outcome;
+  kl_cache_ticket *ticket;  /* this request fills the entry (the leader) */
+  char *cache_hdrs;         /* the response's header lines, as the client got them */
+  size_t cache_hdrs_len;
+  kl_buf cache_body;        /* the body, up to the route's max_object */
 };
 
 static const kl_stream_ops stream_ops;
@@ -352,6 +362,9 @@ static void pr_uncount(kl_proxy_req *pr) {
 static void pr_free(kl_proxy_req *pr) {
   kl_timer_cancel(&pr->w->loop.timers, &pr->timer);
   pr_uncount(pr);
+  if (pr->ticket) kl_cache_abandon(pr->r->gw->cache, pr->ticket); /* waiters go upstream */
+  free(pr->cache_hdrs);
+  kl_buf_free(&pr->cache_body);
   if (pr->uc) {
     pr->uc->pr = NULL;
     uc_close(pr->uc); /* mid-request: never reusable */
@@ -547,6 +560,10 @@ static void on_drained(void *arg) {
 
 static void on_cancel(void *arg) {
   kl_proxy_req *pr = arg;
+  if (pr->cache_wait && !kl_cache_unwait(pr->r->gw->cache, &pr->waiter)) {
+    pr->cancelled = 1; /* the wake is under way: cache_woken frees it */
+    return;
+  }
   pr_free(pr);
 }
 
@@ -644,6 +661,109 @@ static void attempt(kl_proxy_req *pr) {
 
 /* ---- the response --------------------------------------------------------------------- */
 
+/* ---- the response cache --------------------------------------------------------------- */
+
+/* The cache's view of a request (its header views must be current). */
+static void cache_req_of(keel_req *req, kl_cache_req *cr) {
+  const kl_conn *c = req->conn;
+  keel_str m = keel_req_method(req), p = keel_req_path(req), q = keel_req_query(req),
+           h = keel_req_header(req, "host");
+  *cr = (kl_cache_req){.method = m.ptr, .method_len = m.len, .host = h.ptr ? h.ptr : "",
+                       .host_len = h.len, .path = p.ptr, .path_len = p.len, .query = q.ptr,
+                       .query_len = q.len, .hbuf = req->base, .hdrs = c->w->hdrs,
+                       .nhdrs = c->head.nheaders};
+}
+
+/* The leader keeps a copy of the body it forwards, up to the route's max_object. */
+static void cache_keep(kl_proxy_req *pr, const char *p, size_t n) {
+  if (!pr->ticket || n == 0) return;
+  if (kl_buf_append(&pr->cache_body, p, n) != 0) { /* too large to store: waiters go upstream */
+    kl_cache_abandon(pr->r->gw->cache, pr->ticket);
+    pr->ticket = NULL;
+    kl_buf_free(&pr->cache_body);
+  }
+}
+
+/* Answers from a stored response and ends the request. */
+static void serve_entry(kl_proxy_req *pr, kl_cache_entry *e) {
+  kl_cache_view v;
+  kl_cache_entry_view(e, pr->w->loop.now, &v);
+  size_t cap = v.headers_len + pr->extra_len + 64;
+  char *h = malloc(cap);
+  kl_deferred d = pr->d;
+  if (!h) {
+    kl_cache_entry_release(e);
+    pr_free(pr);
+    kl_stream_abort(&d);
+    return;
+  }
+  memcpy(h, v.headers, v.headers_len);
+  size_t n = v.headers_len;
+  n += (size_t)snprintf(h + n, cap - n, "Age: %llu\r\nX-Cache: HIT\r\n", (unsigned long long)v.age);
+  memcpy(h + n, pr->extra, pr->extra_len);
+  n += pr->extra_len;
+  int bodiless = v.status == 204 || v.status == 304;
+  int rc = kl_stream_head(&d, v.status, h, n, bodiless ? -1 : (int64_t)v.body_len, bodiless);
+  free(h);
+  if (rc == 0 && !pr->is_head && !bodiless) rc = kl_stream_write(&d, v.body, v.body_len) < 0;
+  kl_cache_entry_release(e);
+  pr_free(pr);
+  if (rc == 0) kl_stream_end(&d);
+  else kl_stream_abort(&d);
+}
+
+static void go_upstream(kl_proxy_req *pr);
+static void cache_woken(void *arg);
+
+/* The cache's wake, on the leader's thread: the waiter's own worker takes it from there. */
+static void cache_wake(void *arg, int outcome) {
+  kl_proxy_req *pr = arg;
+  pr->wake_outcome = outcome;
+  if (kl_worker_post(pr->w, cache_woken, pr) != 0) cache_woken(pr); /* no memory: best effort */
+}
+
+/* Looks the request up: 1 when it is answered or waits for another's fill, 0 to go
+ * upstream (as the leader that fills the entry, or past the cache). */
+static int cache_lookup(kl_proxy_req *pr, keel_req *req, int may_wait) {
+  kl_cache_req cr;
+  kl_cache_entry *e = NULL;
+  kl_cache_ticket *t = NULL;
+  cache_req_of(req, &cr);
+  pr->waiter.wake = cache_wake;
+  pr->waiter.arg = pr;
+  int res = kl_cache_lookup(pr->r->gw->cache, &cr, may_wait ? &pr->waiter : NULL,
+                            pr->w->loop.now, &e, &t);
+  if (res == KL_CACHE_HIT) {
+    serve_entry(pr, e);
+    return 1;
+  }
+  if (res == KL_CACHE_WAIT) {
+    pr->cache_wait = 1;
+    return 1;
+  }
+  if (res == KL_CACHE_LEADER) pr->ticket = t;
+  static const char miss[] = "X-Cache: MISS\r\n";
+  char *x = realloc(pr->extra, pr->extra_len + sizeof(miss));
+  if (x) {
+    memcpy(x + pr->extra_len, miss, sizeof(miss) - 1);
+    pr->extra = x;
+    pr->extra_len += sizeof(miss) - 1;
+  }
+  return 0;
+}
+
+static void cache_woken(void *arg) {
+  kl_proxy_req *pr = arg;
+  pr->cache_wait = 0;
+  keel_req *req = pr->cancelled ? NULL : kl_stream_req(&pr->d);
+  if (!req) {
+    pr_free(pr);
+    return;
+  }
+  if (pr->wake_outcome == KL_CACHE_FILLED && cache_lookup(pr, req, 0)) return;
+  go_upstream(pr);
+}
+
 /* Copies the upstream's response head to the client, without hop-by-hop fields. */
 static int send_head(kl_proxy_req *pr, const char *buf, const kl_header *hdrs) {
   const kl_http_resp *r = &pr->resp;
@@ -666,6 +786,14 @@ static int send_head(kl_proxy_req *pr, const char *buf, const kl_header *hdrs) {
     p = PUTS(p, ": ");
     p = put(p, buf + hdrs[i].value_off, hdrs[i].value_len);
     p = PUTS(p, "\r\n");
+  }
+  if (pr->ticket && (pr->cache_hdrs = malloc((size_t)(p - out) + 1)) != NULL) {
+    memcpy(pr->cache_hdrs, out, (size_t)(p - out));
+    pr->cache_hdrs_len = (size_t)(p - out);
+    kl_buf_init(&pr->cache_body, pr->r->cache_max_object);
+  } else if (pr->ticket) {
+    kl_cache_abandon(pr->r->gw->cache, pr->ticket);
+    pr->ticket = NULL;
   }
   if (pr->extra_len) p = put(p, pr->extra, pr->extra_len);
   int64_t len = r->chunked || !r->has_length ? -1 : (int64_t)r->content_length;
@@ -694,10 +822,25 @@ static void response_done(kl_proxy_req *pr, int reusable) {
     uc_close(uc);
   }
   kl_deferred d = pr->d;
+  if (pr->ticket) { /* the leader stores what it got (if storable) and wakes the waiters */
+    keel_req *req = kl_stream_req(&d);
+    kl_cache_req cr;
+    if (req && reusable) {
+      cache_req_of(req, &cr);
+      kl_cache_resp resp = {pr->resp.status, pr->cache_hdrs, pr->cache_hdrs_len,
+                            pr->cache_body.data, pr->cache_body.len};
+      kl_cache_fill(pr->r->gw->cache, pr->ticket, &cr, &resp, pr->w->loop.now);
+    } else {
+      kl_cache_abandon(pr->r->gw->cache, pr->ticket);
+    }
+    pr->ticket = NULL;
+  }
   pr_uncount(pr);
   kl_timer_cancel(&pr->w->loop.timers, &pr->timer);
   free(pr->head);
   free(pr->extra);
+  free(pr->cache_hdrs);
+  kl_buf_free(&pr->cache_body);
   free(pr);
   kl_stream_end(&d);
 }
@@ -712,6 +855,7 @@ static int forward_body(kl_proxy_req *pr) {
     int rc = kl_chunked_decode(&pr->resp_chunked, uc->in.data, uc->in.len, &pr->resp_rpos,
                                &pr->resp_wpos, UINT64_MAX, 64 * 1024, &err);
     if (rc < 0) return -1;
+    cache_keep(pr, uc->in.data, pr->resp_wpos);
     int w = kl_stream_write(&pr->d, uc->in.data, pr->resp_wpos);
     if (w < 0) return -1;
     memmove(uc->in.data, uc->in.data + pr->resp_rpos, uc->in.len - pr->resp_rpos);
@@ -723,6 +867,7 @@ static int forward_body(kl_proxy_req *pr) {
   }
   size_t n = uc->in.len;
   if (r->has_length && n > pr->resp_left) n = (size_t)pr->resp_left;
+  cache_keep(pr, uc->in.data, n);
   int w = kl_stream_write(&pr->d, uc->in.data, n);
   if (w < 0) return -1;
   memmove(uc->in.data, uc->in.data + n, uc->in.len - n);
@@ -744,6 +889,7 @@ static int on_readable(kl_proxy_req *pr) {
     kl_http_error err;
     int rc = kl_http_parse_response(uc->in.data, uc->in.len, &pr->resp_scanned, &w->limits,
                                     w->hdrs, &pr->resp, &err);
+    w->hdrs_conn = NULL; /* the worker's header array now holds this response's fields */
     if (rc == 0) return 1;
     if (rc < 0) {
       ep_outcome(pr->u, &pr->u->eps[pr->ep], 0, w->loop.now);
@@ -908,11 +1054,18 @@ void kl_proxy_start(keel_req *req, const kl_gw_route *r, const char *extra, size
   pr->start_ms = w->loop.now;
   pr->first_byte_at = r->first_byte_ms ? pr->start_ms + r->first_byte_ms : 0;
   pr->total_at = r->total_ms ? pr->start_ms + r->total_ms : 0;
+  kl_req_stream(req, &pr->d, &stream_ops, pr);
+  if (r->cache_on && r->gw->cache && ((m.len == 3 && memcmp(m.ptr, "GET", 3) == 0) || pr->is_head) && cache_lookup(pr, req, 1))
+    return;
+  go_upstream(pr);
+}
+
+static void go_upstream(kl_proxy_req *pr) {
+  kl_gw_upstream *u = pr->u;
   pr->counted = 1;
   atomic_fetch_add(&u->pending, 1);
-  uint64_t now = w->loop.now;
+  uint64_t now = pr->w->loop.now;
   if (now / 1000 == atomic_load(&u->budget_window)) atomic_fetch_add(&u->win_requests, 1);
   atomic_fetch_add(&u->requests, 1);
-  kl_req_stream(req, &pr->d, &stream_ops, pr);
   attempt(pr);
 }

@@ -6,6 +6,7 @@
 
 #include "gateway/gw.h"
 #include "core/keys.h"
+#include "gateway/cache.h"
 #include "gateway/jschema.h"
 #include "gateway/proxy.h"
 #include "gateway/ratelimit.h"
@@ -79,8 +80,7 @@ long kl_gw_normalize(const char *path, size_t len, char *out, const char **why) 
     }
   }
   if (o == 0) out[o++] = '/';
-  out[o] = '\0';
-  return (long)o;
+  return (long)o; /* not NUL-terminated: it may be written over the request in place */
 }
 
 static int host_match(const char *want, const char *host, size_t hlen) {
@@ -170,6 +170,7 @@ void kl_gw_free(kl_gw *gw) {
   free(gw->inflight);
   free(gw->released);
   kl_rl_table_free(gw->rl_table);
+  kl_cache_free(gw->cache);
   free(gw->redis);
   free(gw->routes);
   free(gw->strings);

@@ -708,7 +708,11 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
   uint32_t slot = conn_slot(c, r, base);
   if (!r || !(r->flags & KL_ROUTE_UNTRACED)) kl_reqtrace_begin(w, req, r);
   if (r) {
+    uint32_t gen = c->gen;
+    c->busy++;
     r->handler(req, r->userdata);
+    c->busy--;
+    if (c->closed || c->gen != gen) return; /* answered and finished inside the handler */
     if (req->deferred && !req->responded) {
       c->wait_route = r;
       c->wait_slot = slot;
@@ -938,6 +942,13 @@ static kl_conn *stream_conn(const kl_deferred *d) {
   kl_conn *c = d->conn;
   if (c->closed || c->state != KL_CONN_STREAM || c->wait_id != d->id) return NULL;
   return c;
+}
+
+keel_req *kl_stream_req(const kl_deferred *d) {
+  kl_conn *c = stream_conn(d);
+  if (!c) return NULL;
+  conn_reparse(c);
+  return &c->req;
 }
 
 void kl_stream_resume(const kl_deferred *d) {

@@ -379,6 +379,43 @@ static int open_listener(const kl_listener *l, int port) {
 
 static void worker_close_listener(kl_timer *t);
 
+struct kl_post {
+  void (*fn)(void *arg);
+  void *arg;
+  struct kl_post *next;
+};
+
+int kl_worker_post(kl_worker *w, void (*fn)(void *arg), void *arg) {
+  struct kl_post *p = malloc(sizeof(*p));
+  if (!p) return -ENOMEM;
+  p->fn = fn;
+  p->arg = arg;
+  p->next = NULL;
+  pthread_mutex_lock(&w->post_lock);
+  *w->posted_tail = p;
+  w->posted_tail = &p->next;
+  pthread_mutex_unlock(&w->post_lock);
+  uint64_t one = 1;
+  ssize_t n = write(w->ctl_io.fd, &one, sizeof(one));
+  (void)n;
+  return 0;
+}
+
+/* Runs what other threads posted to this worker. */
+static void worker_run_posted(kl_worker *w) {
+  pthread_mutex_lock(&w->post_lock);
+  struct kl_post *p = w->posted;
+  w->posted = NULL;
+  w->posted_tail = &w->posted;
+  pthread_mutex_unlock(&w->post_lock);
+  while (p) {
+    struct kl_post *next = p->next;
+    p->fn(p->arg);
+    free(p);
+    p = next;
+  }
+}
+
 int kl_server_gw_unlink(void *arg, kl_gw *gw) {
   keel_server *srv = arg;
   pthread_mutex_lock(&srv->reload_lock);
@@ -419,6 +456,7 @@ static void worker_ctl(kl_loop *loop, kl_io *io, uint32_t events) {
   uint64_t v;
   ssize_t n = read(io->fd, &v, sizeof(v));
   (void)n;
+  worker_run_posted(w);
   if (atomic_exchange(&w->gw_retire, 0)) worker_release_gws(w, 0);
   int cmd = atomic_exchange(&w->cmd, KL_CMD_NONE);
   if (cmd == KL_CMD_FORCE) {
@@ -499,6 +537,8 @@ static int worker_init(keel_server *srv, kl_worker *w, unsigned id, const int *l
   memset(w, 0, sizeof(*w));
   w->srv = srv;
   w->id = id;
+  pthread_mutex_init(&w->post_lock, NULL);
+  w->posted_tail = &w->posted;
   for (unsigned i = 0; i < KL_LISTENERS_MAX; i++) {
     w->listen_io[i].fd = i < srv->nlisteners ? listen_fds[i] : -1;
     w->listen_io[i].cb = kl_conn_accept;
@@ -539,6 +579,7 @@ static void worker_cleanup(kl_worker *w) {
   kl_loop_free(&w->loop);
   kl_arena_free(&w->arena);
   kl_buf_free(&w->hdrbuf);
+  worker_run_posted(w); /* what arrived while stopping: its waiters are cancelled by now */
   free(w->hdrs);
 }
 

@@ -162,6 +162,8 @@ struct kl_worker {
   uint64_t wait_seq; /* last deferral id given out */
   void *otlp;        /* the OTLP/HTTP receiver's per-worker state (otlp_http.c) */
   _Atomic int gw_retire; /* a gateway was replaced: release it when done (kl_gw_release) */
+  pthread_mutex_t post_lock; /* kl_worker_post: calls other threads ask this worker to make */
+  struct kl_post *posted, **posted_tail;
 };
 
 struct keel_server {
@@ -203,6 +205,9 @@ static inline struct kl_gw *kl_srv_gw(const keel_server *srv) {
  * 0, or -EINVAL with err (the old config keeps serving). Any thread; serialised.
  */
 int kl_server_reload(keel_server *srv, char *err, size_t errlen);
+
+/** Any thread: runs fn(arg) on worker `w`'s thread soon, in posting order. 0 or -ENOMEM. */
+int kl_worker_post(kl_worker *w, void (*fn)(void *arg), void *arg);
 
 /** Worker-side: takes a replaced gateway off the server's list (1: the caller frees it). */
 int kl_server_gw_unlink(void *srv, struct kl_gw *gw);
@@ -288,6 +293,10 @@ int kl_stream_head(const kl_deferred *d, int status, const char *headers, size_t
                    int64_t length, int bodiless);
 /** Queues body bytes: 0, 1 when the output backlog is high (wait for ops->drained), -1 gone. */
 int kl_stream_write(const kl_deferred *d, const char *p, size_t n);
+/** A streamed request that is still going (its response may have begun), header views
+ *  valid again; NULL when it is over. Worker thread. */
+keel_req *kl_stream_req(const kl_deferred *d);
+
 /** The response is complete: finishes the request; the connection goes on. */
 void kl_stream_end(const kl_deferred *d);
 /** The response cannot be completed: closes the client connection (no ops->cancel). */

@@ -512,5 +512,52 @@ def test_hot_reload_under_load():
     shutil.rmtree(d)
 
 
+def test_response_cache():
+    a = Upstream("a")
+    cfg = gw({"a": [a.port]}, "  - prefix: /cache/\n    upstream: a\n    cache: {max_object: 64KiB}\n"
+             "  - prefix: /\n    upstream: a\n", extra="cache: {memory: 4MiB}\n")
+    with Keel(config=cfg) as k:
+        r1, _ = request(k, get("/cache/0/x"))
+        assert r1.status == 200 and r1.header("x-cache") == "MISS", r1
+        r2, _ = request(k, get("/cache/0/x"))
+        assert r2.header("x-cache") == "HIT" and r2.body == r1.body, r2
+        assert r2.header("age") is not None and r2.header("cache-control") == "public, max-age=60", r2
+        r3, _ = request(k, get("/cache/0/x", extra=""), head_request=False)
+        r4, _ = request(k, ("HEAD /cache/0/x HTTP/1.1\r\nHost: x\r\n\r\n").encode(), head_request=True)
+        assert r4.status == 200 and r4.header("x-cache") == "HIT", r4
+        assert int(r4.header("content-length")) == len(r1.body), r4
+        assert a.count() == 1, a.count()
+        # no-store is never stored; a request's no-cache goes upstream and refreshes the entry
+        request(k, get("/cache/0/nostore"))
+        r, _ = request(k, get("/cache/0/nostore"))
+        assert r.header("x-cache") == "MISS" and a.count() == 3, (r, a.count())
+        r, _ = request(k, get("/cache/0/x", extra="Cache-Control: no-cache\r\n"))
+        assert r.header("x-cache") == "MISS" and a.count() == 4, r
+        # Vary: one entry per Accept-Language
+        for lang in ["en", "fr", "en", "fr"]:
+            r, _ = request(k, get("/cache/0/vary", extra="Accept-Language: %s\r\n" % lang))
+            assert r.json()["lang"] == lang, r
+        assert a.count() == 6, a.count()
+        # Coalescing: 20 concurrent misses for one slow key send one upstream request.
+        before = a.count()
+        results = []
+
+        def one():
+            results.append(request(k, get("/cache/300/burst"))[0])
+        ts = [threading.Thread(target=one) for _ in range(20)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert all(r.status == 200 for r in results), results
+        assert len(set(r.body for r in results)) == 1, [r.body for r in results]
+        assert a.count() - before == 1, a.count() - before
+        # Routes without cache: are never cached.
+        request(k, get("/plain"))
+        r, _ = request(k, get("/plain"))
+        assert r.header("x-cache") is None, r
+    a.close()
+
+
 if __name__ == "__main__":
     Suite().run(globals())

@@ -136,6 +136,16 @@ class Upstream:
             st = int(path.split("/")[2])
             self._send(c, st, b'{"status":%d,"upstream":"%s"}' % (st, self.name.encode()))
             return True
+        if path.startswith("/cache/"):  # /cache/MS/name: cacheable for a minute, after MS ms
+            ms = int(path.split("/")[2])
+            time.sleep(ms / 1000.0)
+            vary = b"Vary: Accept-Language\r\n" if "vary" in path else b""
+            cc = b"no-store" if "nostore" in path else b"public, max-age=60"
+            lang = dict((l.split(":", 1)[0].strip().lower(), l.split(":", 1)[1].strip())
+                        for l in lines[1:]).get("accept-language", "")
+            self._send(c, 200, b'{"n":%d,"lang":"%s"}' % (self.count(), lang.encode()),
+                       b"Cache-Control: " + cc + b"\r\n" + vary)
+            return True
         if path.startswith("/slow/"):
             time.sleep(int(path.split("/")[2]) / 1000.0)
         if path == "/chunked":
