@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include "http/server_internal.h"
+#include "obs/metrics.h"
 #include "keel/keel.h"
 
 /*
@@ -187,6 +188,17 @@ void kl_gw_ref(kl_gw *gw, unsigned worker, int delta);
  * client of it; the last worker to do so frees it. Returns 1 when the worker released it.
  */
 int kl_gw_release(kl_gw *gw, unsigned worker, int (*unlink)(void *arg, kl_gw *gw), void *arg);
+
+/** kl_gw_bind: the per-worker policy state. 0 or -ENOMEM. */
+int kl_gw_workers_new(kl_gw *gw, unsigned n);
+
+/** Any thread: worker `i`'s rate-limit context of `gw` (NULL until its first decision). */
+const struct kl_rl_worker *kl_gw_worker_rl(const kl_gw *gw, unsigned i);
+
+/** Main thread, at setup: registers the gateway's series (gwstats.c). 0 or negative errno. */
+int kl_gw_metrics(keel_server *srv, kl_metrics *m);
+/** Frees what kl_gw_metrics allocated. */
+void kl_gw_metrics_free(keel_server *srv);
 
 /** Worker-side, as the worker stops: closes its Redis client and rate-limit context. */
 void kl_gw_worker_close(kl_gw *gw, unsigned worker);

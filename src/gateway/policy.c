@@ -29,8 +29,16 @@ typedef struct hold {
 } hold;
 
 static kl_gw_worker *gw_worker(kl_gw *gw, kl_worker *w) {
-  if (!gw->wk && !(gw->wk = calloc(gw->nworkers, sizeof *gw->wk))) return NULL;
-  return &gw->wk[w->id];
+  return gw->wk ? &gw->wk[w->id] : NULL; /* allocated by kl_gw_bind */
+}
+
+int kl_gw_workers_new(kl_gw *gw, unsigned n) {
+  gw->wk = calloc(n, sizeof *gw->wk);
+  return gw->wk ? 0 : -ENOMEM;
+}
+
+const kl_rl_worker *kl_gw_worker_rl(const kl_gw *gw, unsigned i) {
+  return gw->wk ? __atomic_load_n(&gw->wk[i].rl, __ATOMIC_ACQUIRE) : NULL;
 }
 
 void kl_gw_worker_close(kl_gw *gw, unsigned worker) {
@@ -53,9 +61,10 @@ static kl_rl_worker *rl_worker(kl_gw *gw, kl_worker *w) {
     keel_log(w->srv, KEEL_LOG_ERROR, "redis client unavailable: global limits use their fallback",
              "error", err, NULL);
   }
-  g->rl = kl_rl_worker_new(gw->rl_table, g->redis,
-                           gw->redis ? gw->redis->max_in_flight : 1, err, sizeof err);
-  return g->rl;
+  kl_rl_worker *rw = kl_rl_worker_new(gw->rl_table, g->redis,
+                                      gw->redis ? gw->redis->max_in_flight : 1, err, sizeof err);
+  __atomic_store_n(&g->rl, rw, __ATOMIC_RELEASE); /* scrapes read it (gwstats.c) */
+  return rw;
 }
 
 /* ---- answers ------------------------------------------------------------------------- */

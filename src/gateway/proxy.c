@@ -700,7 +700,7 @@ static void serve_entry(kl_proxy_req *pr, kl_cache_entry *e) {
   memcpy(h, v.headers, v.headers_len);
   size_t n = v.headers_len;
   n += (size_t)snprintf(h + n, cap - n, "Age: %llu\r\nX-Cache: HIT\r\n", (unsigned long long)v.age);
-  memcpy(h + n, pr->extra, pr->extra_len);
+  if (pr->extra_len) memcpy(h + n, pr->extra, pr->extra_len);
   n += pr->extra_len;
   int bodiless = v.status == 204 || v.status == 304;
   int rc = kl_stream_head(&d, v.status, h, n, bodiless ? -1 : (int64_t)v.body_len, bodiless);

@@ -145,7 +145,7 @@ uint32_t kl_gw_slot(const kl_gw_route *r, unsigned mi) {
 int kl_gw_bind(kl_gw *gw, unsigned nworkers) {
   gw->inflight = calloc(nworkers, sizeof *gw->inflight);
   gw->released = calloc(nworkers, 1);
-  if (!gw->inflight || !gw->released) return -ENOMEM;
+  if (!gw->inflight || !gw->released || kl_gw_workers_new(gw, nworkers) != 0) return -ENOMEM;
   for (uint32_t i = 0; i < gw->nups; i++) {
     gw->ups[i].w = kl_proxy_workers_new(&gw->ups[i], nworkers);
     if (!gw->ups[i].w) return -ENOMEM;

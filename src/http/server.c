@@ -337,6 +337,7 @@ void keel_server_free(keel_server *srv) {
     kl_gw_free(g);
   }
   free(srv->config_path);
+  kl_gw_metrics_free(srv);
   pthread_mutex_destroy(&srv->reload_lock);
   free(srv->handlers);
   if (srv->stopfd >= 0) close(srv->stopfd);
@@ -726,6 +727,7 @@ int kl_server_reload(keel_server *srv, char *err, size_t errlen) {
 out:
   kl_gw_health_stop(health);
   kl_gw_free(gw);
+  atomic_fetch_add(rc ? &srv->reloads_failed : &srv->reloads_ok, 1);
   pthread_mutex_unlock(&srv->reload_lock);
   return rc;
 }

@@ -176,6 +176,9 @@ struct keel_server {
   pthread_mutex_t reload_lock;
   struct kl_gw *retired;  /* replaced gateways still used by some worker (reload_lock) */
   uint32_t reloaded_slot; /* metrics slots of routes added by a reload ("_reloaded") */
+  _Atomic uint64_t reloads_ok, reloads_failed;
+  void **gw_metrics;      /* the gateway's scrape-time series arguments (gwstats.c) */
+  size_t ngw_metrics;
   kl_log *log;
   kl_route *routes;
   size_t nroutes, cap_routes;

@@ -196,6 +196,7 @@ int kl_stats_setup(keel_server *srv, unsigned nworkers) {
   };
   for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]) && !rc; i++)
     rc = kl_metrics_add_fn(m, fns[i].name, fns[i].help, fns[i].type, NULL, fns[i].fn, srv);
+  if (!rc && srv->gw) rc = kl_gw_metrics(srv, m);
   static const char dropped_help[] =
       "Spans dropped: queue_full (a worker's span ring was full: export too slow), export_failed "
       "(the collector refused them or stayed unreachable past the retries).";

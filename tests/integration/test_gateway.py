@@ -274,6 +274,9 @@ def test_retries_on_connect_failure_and_5xx():
         before = b.count()
         r, _ = request(k, post("/status/503", "{}"))
         assert r.status == 503 and b.count() - before == 1, (r, b.count() - before)
+        m = request(k, get("/metrics"))[0].body.decode()
+        assert 'keel_gateway_upstream_retries_total{upstream="v"} 2' in m, m
+        assert 'keel_gateway_endpoint_up{upstream="u",endpoint="127.0.0.1:%d#1"} 1' % a.port in m
     a.close()
     b.close()
 
@@ -504,6 +507,9 @@ def test_hot_reload_under_load():
         assert served[0] > 100, served
         after = a.count()
         assert rec(request(k, get("/api/rec"))[0])["upstream"] == "a" and a.count() == after + 1
+        m = request(k, get("/metrics"))[0].body.decode()
+        assert 'keel_config_reloads_total{result="success"} 2' in m, m[-600:]
+        assert 'keel_config_reloads_total{result="failure"} 1' in m
         assert request(k, get("/secure/x", extra="X-API-Key: k-one\r\n"))[0].status == 401
         assert request(k, get("/secure/x", extra="X-API-Key: k-two\r\n"))[0].status == 200
         # The admin listener is on loopback only: check-config refuses anything else.
