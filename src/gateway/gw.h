@@ -32,6 +32,7 @@ enum { KL_LB_ROUND_ROBIN, KL_LB_LEAST_REQUEST };
 /** One address of an upstream. */
 typedef struct kl_gw_endpoint {
   char name[160];                 /* "host:port" as configured, for logs and metrics */
+  char host[160];                 /* its host: TLS server name and certificate check */
   struct sockaddr_storage addr;
   socklen_t addrlen;
   _Atomic uint8_t down;           /* the active health check says unhealthy */
@@ -55,6 +56,8 @@ typedef struct kl_gw_upstream {
   uint32_t hc_interval_ms, hc_timeout_ms, hc_healthy, hc_unhealthy;
   uint32_t outlier_failures;     /* consecutive failures that eject an endpoint; 0 = off */
   uint32_t outlier_eject_ms;     /* first ejection's length (doubles per repeat, max 10x) */
+  struct kl_tls_client_ctx *tls; /* tls: the upstream speaks TLS; NULL: plain */
+  char tls_name[160];            /* tls.server_name: SNI and the name checked; "" = the host */
   uint32_t retry_budget_pct;     /* retries at most this % of requests (plus retry_min/s) */
   uint32_t retry_min_per_s;
   _Atomic uint32_t conns;        /* open connections, all workers */

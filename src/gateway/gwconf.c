@@ -19,6 +19,7 @@
 #include "gateway/proxy.h"
 #include "keel/json.h"
 #include "http/stats.h"
+#include "http/tls.h"
 
 #define STRINGS_MAX (256 * 1024) /* route hosts and paths, all routes together */
 
@@ -156,6 +157,7 @@ static int add_endpoints(gwl *L, kl_gw_upstream *u, const yaml_node_t *v) {
     }
     kl_gw_endpoint *e = &u->eps[u->neps++];
     snprintf(e->name, sizeof e->name, "%s", s);
+    snprintf(e->host, sizeof e->host, "%s", host);
     memcpy(&e->addr, a->ai_addr, a->ai_addrlen);
     e->addrlen = a->ai_addrlen;
     if (a->ai_family == AF_INET || a->ai_family == AF_INET6) break; /* first address per name */
@@ -197,8 +199,53 @@ static int budget_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
   return gerr(L, v, "retry_budget: unknown key '%s' (percent, min_per_second)", k);
 }
 
+typedef struct tls_ctx {
+  const char *ca;
+  int verify;
+  bool on;
+} tls_ctx;
+
+static int tls_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
+  void **a = arg;
+  kl_gw_upstream *u = a[0];
+  tls_ctx *t = a[1];
+  const char *s = scalar(L, v, "tls");
+  if (!s) return -EINVAL;
+  if (!strcmp(k, "ca")) t->ca = s;
+  else if (!strcmp(k, "server_name")) {
+    if (!s[0] || strlen(s) >= sizeof u->tls_name) return gerr(L, v, "tls.server_name: 1..159 characters");
+    snprintf(u->tls_name, sizeof u->tls_name, "%s", s);
+  } else if (!strcmp(k, "verify")) {
+    if (!strcmp(s, "true") || !strcmp(s, "on")) t->verify = 1;
+    else if (!strcmp(s, "false") || !strcmp(s, "off")) t->verify = 0;
+    else return gerr(L, v, "tls.verify: '%s' is not true or false", s);
+  } else {
+    return gerr(L, v, "tls: unknown key '%s' (ca, verify, server_name)", k);
+  }
+  return 0;
+}
+
+static int load_upstream_tls(gwl *L, kl_gw_upstream *u, const yaml_node_t *v) {
+  tls_ctx t = {.verify = 1, .on = true};
+  if (v->type == YAML_SCALAR_NODE) {
+    const char *s = scalar(L, v, "tls");
+    if (!s) return -EINVAL;
+    if (!strcmp(s, "false") || !strcmp(s, "off")) return 0;
+    if (strcmp(s, "true") && strcmp(s, "on")) return gerr(L, v, "tls: true, false or a mapping");
+  } else {
+    void *a[2] = {u, &t};
+    int rc = each_pair(L, v, "tls", tls_pair, a);
+    if (rc) return rc;
+  }
+  char err[300];
+  if (!(u->tls = kl_tls_client_ctx_new(t.ca, t.verify, err, sizeof err)))
+    return gerr(L, v, "tls: %s", err);
+  return 0;
+}
+
 static int upstream_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
   kl_gw_upstream *u = arg;
+  if (!strcmp(k, "tls")) return load_upstream_tls(L, u, v);
   if (!strcmp(k, "endpoints")) {
     if (v->type == YAML_SCALAR_NODE) return add_endpoints(L, u, v);
     if (v->type != YAML_SEQUENCE_NODE) return gerr(L, v, "endpoints: expected a list of HOST:PORT");
@@ -225,7 +272,7 @@ static int upstream_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg)
   if (!strcmp(k, "retry_budget")) return each_pair(L, v, "retry_budget", budget_pair, u);
   return gerr(L, v,
               "upstream '%s': unknown key '%s' (endpoints, balance, keepalive, max_connections, "
-              "max_pending, health_check, outlier, retry_budget)",
+              "max_pending, health_check, outlier, retry_budget, tls)",
               u->name, k);
 }
 

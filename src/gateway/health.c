@@ -8,11 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <netinet/tcp.h>
 
 #include "core/loop.h"
+#include "http/tls.h"
 
 struct kl_gw_health {
   kl_gw *gw;
@@ -35,6 +37,9 @@ static int wait_fd(kl_gw_health *h, int fd, short events, uint64_t deadline) {
   }
 }
 
+static int exchange(kl_gw_health *h, const kl_gw_upstream *u, const kl_gw_endpoint *e, int fd,
+                    kl_tls *t, uint64_t deadline);
+
 /* One check: GET the path; healthy means a 2xx status line within the timeout. */
 static int check(kl_gw_health *h, const kl_gw_upstream *u, const kl_gw_endpoint *e) {
   uint64_t deadline = kl_now_ms() + u->hc_timeout_ms;
@@ -47,24 +52,61 @@ static int check(kl_gw_health *h, const kl_gw_upstream *u, const kl_gw_endpoint 
   int err = 0;
   socklen_t el = sizeof err;
   if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err) goto out;
+  kl_tls *t = NULL;
+  if (u->tls) { /* a TLS upstream is checked over TLS, with the same verification */
+    char terr[200];
+    uint32_t want = 0;
+    if (!(t = kl_tls_client_new(u->tls, fd, u->tls_name[0] ? u->tls_name : e->host, terr,
+                                sizeof terr)))
+      goto out;
+    int hs;
+    while ((hs = kl_tls_handshake(t, &want)) == 0)
+      if (!wait_fd(h, fd, want & EPOLLOUT ? POLLOUT : POLLIN, deadline)) break;
+    if (hs != 1) {
+      kl_tls_free(t);
+      goto out;
+    }
+  }
+  ok = exchange(h, u, e, fd, t, deadline);
+  kl_tls_free(t);
+out:
+  close(fd);
+  return ok;
+}
+
+/* Sends the check's request over `fd` (or TLS `t`) and reads the status line: 1 for 2xx. */
+static int exchange(kl_gw_health *h, const kl_gw_upstream *u, const kl_gw_endpoint *e, int fd,
+                    kl_tls *t, uint64_t deadline) {
   char req[400];
   int n = snprintf(req, sizeof req,
                    "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: keel-health-check\r\n"
                    "Connection: close\r\n\r\n",
                    u->hc_path, e->name);
-  if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) goto out;
+  size_t sent = 0;
+  while (sent < (size_t)n) {
+    uint32_t want = 0;
+    ssize_t w = t ? kl_tls_write(t, req + sent, (size_t)n - sent, &want)
+                  : send(fd, req + sent, (size_t)n - sent, MSG_NOSIGNAL);
+    if (w == -EAGAIN || (w < 0 && !t && errno == EAGAIN)) {
+      if (!wait_fd(h, fd, want & EPOLLIN ? POLLIN : POLLOUT, deadline)) return 0;
+      continue;
+    }
+    if (w <= 0) return 0;
+    sent += (size_t)w;
+  }
   char resp[16];
   size_t got = 0;
   while (got < 12) { /* "HTTP/1.1 200" */
-    if (!wait_fd(h, fd, POLLIN, deadline)) goto out;
-    ssize_t r = recv(fd, resp + got, 12 - got, 0);
-    if (r <= 0) goto out;
+    uint32_t want = 0;
+    ssize_t r = t ? kl_tls_read(t, resp + got, 12 - got, &want) : recv(fd, resp + got, 12 - got, 0);
+    if (r == -EAGAIN || (r < 0 && !t && errno == EAGAIN)) {
+      if (!wait_fd(h, fd, want & EPOLLOUT ? POLLOUT : POLLIN, deadline)) return 0;
+      continue;
+    }
+    if (r <= 0) return 0;
     got += (size_t)r;
   }
-  ok = memcmp(resp, "HTTP/1.", 7) == 0 && resp[8] == ' ' && resp[9] == '2';
-out:
-  close(fd);
-  return ok;
+  return memcmp(resp, "HTTP/1.", 7) == 0 && resp[8] == ' ' && resp[9] == '2';
 }
 
 static void report(kl_gw_health *h, const kl_gw_upstream *u, const kl_gw_endpoint *e, int down) {

@@ -14,12 +14,13 @@
 
 #include "gateway/cache.h"
 #include "http/server_internal.h"
+#include "http/tls.h"
 
 #define UP_IN_EXTRA (64 * 1024) /* response bytes buffered beyond a full head */
 #define UP_OUT_MAX (64 * 1024)  /* request bytes waiting for the upstream socket */
 #define REQ_ID_MAX 200          /* a client's X-Request-Id longer than this is replaced */
 
-enum { UC_CONNECTING, UC_ACTIVE, UC_IDLE };
+enum { UC_CONNECTING, UC_HANDSHAKE, UC_ACTIVE, UC_IDLE };
 enum { RS_HEAD, RS_BODY, RS_DONE };
 
 typedef struct kl_proxy_req kl_proxy_req;
@@ -36,6 +37,8 @@ typedef struct kl_upconn {
   kl_buf in;              /* response bytes */
   kl_buf out;             /* request bytes not yet written */
   size_t out_off;
+  kl_tls *tls;            /* TLS to the upstream (its tls: settings); NULL: plain */
+  uint32_t tls_want;      /* events TLS needs beyond the usual ones (a read that must write) */
 } kl_upconn;
 
 /* Per worker, per upstream. */
@@ -131,6 +134,7 @@ void kl_proxy_workers_free(kl_gw_upstream *u, unsigned n) {
       while (a[i].idle[e]) {
         kl_upconn *uc = a[i].idle[e];
         a[i].idle[e] = uc->next;
+        kl_tls_free(uc->tls);
         close(uc->io.fd); /* the worker's loop is gone: no kl_io_stop */
         atomic_fetch_sub(&u->conns, 1);
         uc_free(uc);
@@ -345,6 +349,8 @@ static int build_head(kl_proxy_req *pr, keel_req *req) {
 
 static void uc_close(kl_upconn *uc) {
   kl_loop *loop = uc->uw->loop;
+  kl_tls_free(uc->tls);
+  uc->tls = NULL;
   kl_io_stop(loop, &uc->io);
   close(uc->io.fd);
   atomic_fetch_sub(&uc->uw->u->conns, 1);
@@ -471,7 +477,9 @@ static void pr_timer_cb(kl_timer *t) {
     if (pr->ep >= 0) ep_outcome(pr->u, &pr->u->eps[pr->ep], 0, now);
     pr_fail(pr, 504, "the upstream did not answer in time");
   } else if (pr->connect_at && now >= pr->connect_at) {
-    attempt_failed(pr, 1, 504, "timed out connecting to the upstream");
+    int tls = pr->uc && pr->uc->state == UC_HANDSHAKE;
+    attempt_failed(pr, 1, 504, tls ? "timed out in the TLS handshake with the upstream"
+                                   : "timed out connecting to the upstream");
   } else if (pr->rstate == RS_HEAD && pr->first_byte_at && now >= pr->first_byte_at) {
     if (pr->ep >= 0) ep_outcome(pr->u, &pr->u->eps[pr->ep], 0, now);
     pr_fail(pr, 504, "the upstream did not answer in time");
@@ -482,9 +490,39 @@ static void pr_timer_cb(kl_timer *t) {
 
 /* ---- writing to the upstream ---------------------------------------------------------- */
 
+/* Socket or TLS reads and writes: bytes, 0 at the end (reads), -EAGAIN, or -errno. */
+static ssize_t uc_read(kl_upconn *uc, char *p, size_t n) {
+  if (uc->tls) {
+    uint32_t want = 0;
+    ssize_t r = kl_tls_read(uc->tls, p, n, &want);
+    uc->tls_want = r == -EAGAIN ? want & EPOLLOUT : 0;
+    return r;
+  }
+  for (;;) {
+    ssize_t r = recv(uc->io.fd, p, n, 0);
+    if (r >= 0) return r;
+    if (errno != EINTR) return -errno;
+  }
+}
+
+static ssize_t uc_write(kl_upconn *uc, const char *p, size_t n) {
+  if (uc->tls) {
+    uint32_t want = 0;
+    ssize_t r = kl_tls_write(uc->tls, p, n, &want);
+    uc->tls_want = r == -EAGAIN ? want & EPOLLIN : 0;
+    return r;
+  }
+  for (;;) {
+    ssize_t r = send(uc->io.fd, p, n, MSG_NOSIGNAL);
+    if (r >= 0) return r;
+    if (errno != EINTR) return -errno;
+  }
+}
+
 static void uc_want(kl_upconn *uc) {
   uint32_t ev = EPOLLIN | EPOLLRDHUP;
   if (uc->out.len > uc->out_off || uc->state == UC_CONNECTING) ev |= EPOLLOUT;
+  ev |= uc->tls_want;
   if (uc->pr && uc->pr->paused) ev &= ~(uint32_t)(EPOLLIN | EPOLLRDHUP);
   kl_io_modify(uc->uw->loop, &uc->io, ev);
 }
@@ -492,13 +530,9 @@ static void uc_want(kl_upconn *uc) {
 /* Writes what is queued: 0 (all or some written), -1 on a socket error. */
 static int uc_flush(kl_upconn *uc) {
   while (uc->out_off < uc->out.len) {
-    ssize_t n = send(uc->io.fd, uc->out.data + uc->out_off, uc->out.len - uc->out_off,
-                     MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) break;
-      return -1;
-    }
+    ssize_t n = uc_write(uc, uc->out.data + uc->out_off, uc->out.len - uc->out_off);
+    if (n == -EAGAIN) break;
+    if (n < 0) return -1;
     uc->out_off += (size_t)n;
   }
   if (uc->out_off == uc->out.len) uc->out.len = uc->out_off = 0;
@@ -970,6 +1004,32 @@ static void uc_event(kl_loop *loop, kl_io *io, uint32_t events) {
       return;
     }
     if (!(events & EPOLLOUT)) return;
+    if (pr->u->tls) {
+      char terr[200];
+      const char *host = pr->u->tls_name[0] ? pr->u->tls_name : pr->u->eps[uc->ep].host;
+      if (!(uc->tls = kl_tls_client_new(pr->u->tls, io->fd, host, terr, sizeof terr))) {
+        attempt_failed(pr, 1, 502, "cannot start TLS to the upstream");
+        return;
+      }
+      uc->state = UC_HANDSHAKE;
+    } else {
+      uc_ready(pr);
+      return;
+    }
+  }
+  if (uc->state == UC_HANDSHAKE) {
+    uint32_t want = 0;
+    int h = kl_tls_handshake(uc->tls, &want);
+    if (h < 0) {
+      char msg[300];
+      snprintf(msg, sizeof msg, "TLS to the upstream failed: %s", kl_tls_error(uc->tls));
+      attempt_failed(pr, 1, 502, msg);
+      return;
+    }
+    if (h == 0) {
+      kl_io_modify(uc->uw->loop, &uc->io, want | EPOLLRDHUP);
+      return;
+    }
     uc_ready(pr);
     return;
   }
@@ -993,9 +1053,11 @@ static void uc_event(kl_loop *loop, kl_io *io, uint32_t events) {
       if (pr->rstate == RS_HEAD) pr_fail(pr, 502, "the upstream's response head is too large");
       return; /* the body forwarder makes room */
     }
-    ssize_t n = recv(io->fd, uc->in.data + uc->in.len, uc->in.cap - uc->in.len, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) break;
+    ssize_t n = uc_read(uc, uc->in.data + uc->in.len, uc->in.cap - uc->in.len);
+    if (n == -EAGAIN) {
+      if (uc->tls_want) uc_want(uc);
+      break;
+    }
     if (n <= 0) { /* the upstream closed or failed */
       if (pr->rstate == RS_BODY && pr->resp.close_delimited && n == 0) {
         if (on_readable(pr)) response_done(pr, 0);
@@ -1013,7 +1075,8 @@ static void uc_event(kl_loop *loop, kl_io *io, uint32_t events) {
       return;
     }
     uc->in.len += (size_t)n;
-    if (!on_readable(pr) || pr->paused || (size_t)n < 4096) return;
+    if (!on_readable(pr) || pr->paused) return;
+    if ((size_t)n < 4096 && !(uc->tls && kl_tls_pending(uc->tls))) return; /* drained */
   }
 }
 

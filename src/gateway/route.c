@@ -11,6 +11,7 @@
 #include "gateway/proxy.h"
 #include "gateway/ratelimit.h"
 #include "http/stats.h"
+#include "http/tls.h"
 
 static int hexval(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -158,6 +159,7 @@ void kl_gw_free(kl_gw *gw) {
   if (!gw) return;
   for (uint32_t i = 0; gw->ups && i < gw->nups; i++) {
     kl_proxy_workers_free(&gw->ups[i], gw->nworkers);
+    kl_tls_client_ctx_free(gw->ups[i].tls);
     free(gw->ups[i].eps);
   }
   free(gw->ups);

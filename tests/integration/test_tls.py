@@ -473,6 +473,65 @@ def test_no_tls_maps_no_libssl():
             assert "libssl.so.3" in f.read()
 
 
+# ---- TLS to upstreams --------------------------------------------------------------------------
+
+def upstream_ctx(cert, key=None):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(path(cert), key or path("server.key"))
+    return ctx
+
+
+def test_upstream_tls_verification():
+    from upstream import Upstream
+    good = Upstream("good", tls=upstream_ctx("server-chain.pem"))
+    expired = Upstream("expired", tls=upstream_ctx("expired.pem", path("expired.key")))
+    wrong = Upstream("wrong", tls=upstream_ctx("wronghost.pem", path("wronghost.key")))
+    plain = Upstream("plain")
+    cfg = ("workers: 1\nupstreams:\n"
+           "  good: {endpoints: [localhost:%d], tls: {ca: %s}, health_check: {path: /status/200, interval: 100ms}}\n"
+           "  expired: {endpoints: [127.0.0.1:%d], tls: {ca: %s}, outlier: {failures: 0}}\n"
+           "  wrong: {endpoints: [localhost:%d], tls: {ca: %s}, outlier: {failures: 0}}\n"
+           "  unverified: {endpoints: [127.0.0.1:%d], tls: {verify: false}}\n"
+           "  named: {endpoints: [127.0.0.1:%d], tls: {ca: %s, server_name: other.example}}\n"
+           "  system: {endpoints: [127.0.0.1:%d], tls: true, outlier: {failures: 0}}\n"
+           "  plain: {endpoints: [127.0.0.1:%d], tls: {ca: %s}, outlier: {failures: 0}}\n"
+           "routes:\n" % (good.port, path("root.pem"), expired.port, path("root.pem"), wrong.port,
+                          path("root.pem"), wrong.port, wrong.port, path("root.pem"), good.port,
+                          plain.port, path("root.pem")))
+    for name in ["good", "expired", "wrong", "unverified", "named", "system", "plain"]:
+        cfg += "  - prefix: /%s/\n    upstream: %s\n    retries: {attempts: 0}\n" % (name, name)
+    with Keel(config=cfg) as k:
+        def ask(p):
+            s = k.connect()
+            s.sendall(get(p))
+            r = Reader(s).response()
+            s.close()
+            return r
+        r = ask("/good/rec")
+        assert r.status == 200 and b'"upstream": "good"' in r.body, r
+        r = ask("/good/big/3000000")  # a large body over TLS, streamed
+        assert r.status == 200 and len(r.body) == 3000000, (r.status, len(r.body))
+        r = ask("/expired/rec")
+        assert r.status == 502 and "certificate has expired" in r.json()["error"], r
+        r = ask("/wrong/rec")
+        assert r.status == 502 and "hostname mismatch" in r.json()["error"], r
+        r = ask("/unverified/rec")  # verification off, by explicit choice
+        assert r.status == 200, r
+        r = ask("/named/rec")  # SNI and the checked name from server_name
+        assert r.status == 200, r
+        r = ask("/system/rec")  # default trust store: this private root is not in it
+        assert r.status == 502 and "TLS" in r.json()["error"], r
+        r = ask("/plain/rec")  # plain HTTP behind a tls: upstream (it waits for a request head)
+        assert r.status == 504 and "TLS handshake" in r.json()["error"], r
+        deadline = time.time() + 5  # the health check runs over TLS too
+        while good.count() < 4:
+            assert time.time() < deadline, good.count()
+            time.sleep(0.05)
+        assert all(t.startswith("/") for _, t, _, _ in good.requests)
+    for u in (good, expired, wrong, plain):
+        u.close()
+
+
 if __name__ == "__main__":
     try:
         Suite().run(globals())

@@ -22,8 +22,9 @@ class Upstream:
       anything else      like /rec
     """
 
-    def __init__(self, name="up"):
+    def __init__(self, name="up", tls=None):
         self.name = name
+        self.tls = tls  # an ssl.SSLContext: the upstream speaks TLS
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -100,6 +101,8 @@ class Upstream:
     def _serve(self, c):
         buf = b""
         try:
+            if self.tls:
+                c = self.tls.wrap_socket(c, server_side=True)
             while True:
                 buf = self._read_until(c, buf, b"\r\n\r\n")
                 head, buf = buf.split(b"\r\n\r\n", 1)
@@ -129,6 +132,12 @@ class Upstream:
 
     def _answer(self, c, method, target, lines, digest, blen):
         path = target.split("?", 1)[0]
+        for cmd in ("/status/", "/slow/", "/chunked", "/close", "/big/", "/die", "/malformed/",
+                    "/cache/"):  # behind a route prefix (/good/big/10 is /big/10)
+            i = path.find(cmd)
+            if i > 0:
+                path = path[i:]
+                break
         if self.fail:
             self._send(c, self.fail, b'{"failing":"%s"}' % self.name.encode())
             return True
