@@ -710,9 +710,8 @@ static int load_route(gwl *L, const yaml_node_t *v) {
   if (r->action == KL_GW_PROXY) {
     rt->handler = kl_proxy_handler;
     rt->userdata = r;
-    /* Streamed, unless a schema must see the whole body first. Not traced yet: a proxied
-     * request outlives the worker's one SERVER span. */
-    rt->flags = (uint8_t)((r->schema ? 0 : KL_ROUTE_STREAM) | KL_ROUTE_UNTRACED);
+    /* Streamed, unless a schema must see the whole body first. */
+    rt->flags = (uint8_t)(r->schema ? 0 : KL_ROUTE_STREAM);
     rt->body_max = r->max_body;
   } else {
     rt->handler = r->handler;

@@ -93,11 +93,17 @@ struct kl_proxy_req {
   char *cache_hdrs;         /* the response's header lines, as the client got them */
   size_t cache_hdrs_len;
   kl_buf cache_body;        /* the body, up to the route's max_object */
+  /* Tracing: a CLIENT span per attempt, child of the request's SERVER span. */
+  size_t tp_off;            /* where the traceparent's parent id sits in `head`; 0: none */
+  kl_trace_ctx tctx;        /* the trace; span_id: the SERVER span */
+  uint8_t sampled;
+  kl_span *cspan;           /* the current attempt's span (sampled) */
 };
 
 static const kl_stream_ops stream_ops;
 static void attempt(kl_proxy_req *pr);
 static void uc_close(kl_upconn *uc);
+static void client_span_end(kl_proxy_req *pr, int status, const char *error);
 static void uc_event(kl_loop *loop, kl_io *io, uint32_t events);
 static int on_readable(kl_proxy_req *pr);
 
@@ -308,6 +314,7 @@ static int build_head(kl_proxy_req *pr, keel_req *req) {
     const kl_header *f = &w->hdrs[i];
     const char *n = base + f->name_off;
     if (hop_by_hop(n, f->name_len) || kl_http_name_eq(n, f->name_len, "x-forwarded-for") ||
+        (req->trace.on && kl_http_name_eq(n, f->name_len, "traceparent")) ||
         (kl_http_name_eq(n, f->name_len, "x-request-id") && rid != base + f->value_off) ||
         (conn_v && named_by_connection(n, f->name_len, conn_v, conn_l)))
       continue;
@@ -328,6 +335,16 @@ static int build_head(kl_proxy_req *pr, keel_req *req) {
     request_id(w, id);
     p = PUTS(p, "X-Request-Id: ");
     p = put(p, id, 36);
+    p = PUTS(p, "\r\n");
+  }
+  if (req->trace.on) { /* traceparent: this trace, the attempt's CLIENT span as parent */
+    char tp[KL_TRACEPARENT_LEN + 1];
+    pr->tctx = req->trace.ctx;
+    pr->sampled = req->trace.sampled;
+    kl_traceparent_format(&pr->tctx, tp);
+    p = PUTS(p, "traceparent: ");
+    pr->tp_off = (size_t)(p - pr->head) + 36; /* "00-" + 32 hex + "-" */
+    p = put(p, tp, KL_TRACEPARENT_LEN);
     p = PUTS(p, "\r\n");
   }
   if (h->chunked) {
@@ -367,6 +384,7 @@ static void pr_uncount(kl_proxy_req *pr) {
 
 static void pr_free(kl_proxy_req *pr) {
   kl_timer_cancel(&pr->w->loop.timers, &pr->timer);
+  client_span_end(pr, pr->rstate == RS_HEAD ? 0 : pr->resp.status, "aborted");
   pr_uncount(pr);
   if (pr->ticket) kl_cache_abandon(pr->r->gw->cache, pr->ticket); /* waiters go upstream */
   free(pr->cache_hdrs);
@@ -433,6 +451,7 @@ static int may_retry(kl_proxy_req *pr, int never_sent) {
 /* Ends the current attempt: a failure for its endpoint, its connection closed. */
 static void attempt_drop(kl_proxy_req *pr) {
   kl_gw_upstream *u = pr->u;
+  client_span_end(pr, pr->rstate == RS_HEAD ? 0 : pr->resp.status, pr->rstate == RS_HEAD ? "connection" : NULL);
   if (pr->ep >= 0) ep_outcome(u, &u->eps[pr->ep], 0, pr->w->loop.now);
   if (pr->uc) {
     pr->uc->pr = NULL;
@@ -652,6 +671,46 @@ static void uc_ready(kl_proxy_req *pr) {
   if (pr->has_body && !pr->body_end) kl_stream_resume(&pr->d);
 }
 
+/* Starts the attempt's CLIENT span and points the upstream's traceparent at it. */
+static void client_span_begin(kl_proxy_req *pr) {
+  if (!pr->tp_off) return;
+  kl_trace_ctx c = pr->tctx;
+  kl_trace_span_id_new(&pr->w->ids, c.span_id);
+  static const char hex[] = "0123456789abcdef";
+  for (int i = 0; i < 8; i++) {
+    pr->head[pr->tp_off + 2 * i] = hex[c.span_id[i] >> 4];
+    pr->head[pr->tp_off + 2 * i + 1] = hex[c.span_id[i] & 15];
+  }
+  if (!pr->sampled || !(pr->cspan = malloc(sizeof *pr->cspan))) return;
+  const char *m = pr->head;
+  size_t ml = (size_t)((const char *)memchr(pr->head, ' ', pr->head_len) - pr->head);
+  kl_span_begin(pr->cspan, &c, pr->tctx.span_id, NULL, 0, m, ml, KL_SPAN_CLIENT,
+                kl_trace_now_ns());
+  const kl_gw_endpoint *e = &pr->u->eps[pr->ep];
+  kl_span_attr_str(pr->cspan, "http.request.method", m, ml);
+  kl_span_attr_str(pr->cspan, "server.address", e->host, strlen(e->host));
+  const char *colon = strrchr(e->name, ':');
+  if (colon) kl_span_attr_int(pr->cspan, "server.port", strtol(colon + 1, NULL, 10));
+  kl_span_attr_str(pr->cspan, "keel.upstream", pr->u->name, strlen(pr->u->name));
+  if (pr->attempt > 1) kl_span_attr_int(pr->cspan, "http.request.resend_count", pr->attempt - 1);
+}
+
+/* Ends the attempt's CLIENT span: `status` from the upstream, or 0 with `error` (why). */
+static void client_span_end(kl_proxy_req *pr, int status, const char *error) {
+  kl_span *s = pr->cspan;
+  if (!s) return;
+  pr->cspan = NULL;
+  if (status) kl_span_attr_int(s, "http.response.status_code", status);
+  if (error || status >= 500) {
+    char code[8];
+    if (!error) snprintf(code, sizeof code, "%d", status);
+    kl_span_attr_str(s, "error.type", error ? error : code, strlen(error ? error : code));
+    kl_span_set_status(s, KL_STATUS_ERROR, NULL, 0);
+  }
+  kl_span_end(s, kl_trace_now_ns(), pr->w->traceq);
+  free(s);
+}
+
 /* One attempt: an endpoint, a connection (pooled or new), the head. */
 static void attempt(kl_proxy_req *pr) {
   kl_gw_upstream *u = pr->u;
@@ -666,6 +725,7 @@ static void attempt(kl_proxy_req *pr) {
     return;
   }
   pr->ep = ep;
+  client_span_begin(pr);
   if (pr->counted) atomic_fetch_add(&u->eps[ep].active, 1);
   kl_upconn *uc = uw->idle[ep];
   if (uc) {
@@ -842,6 +902,7 @@ static void response_done(kl_proxy_req *pr, int reusable) {
   kl_upconn *uc = pr->uc;
   kl_up_worker *uw = pr->uw;
   pr->rstate = RS_DONE;
+  client_span_end(pr, pr->resp.status, NULL);
   ep_outcome(pr->u, &pr->u->eps[pr->ep], pr->resp.status < 500, pr->w->loop.now);
   pr->uc = NULL;
   uc->pr = NULL;

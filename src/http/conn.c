@@ -98,6 +98,7 @@ static void conn_close(kl_conn *c) {
   w->nconns--;
   kl_stats_add(w, w->srv->stats.conn_active, (uint64_t)-1);
   if (c->in_request) kl_stats_add(w, w->srv->stats.in_flight, (uint64_t)-1);
+  kl_reqtrace_free(&c->req); /* a request that never got its answer: its span is dropped */
   gw_unref(c);
   if (w->draining && w->nconns == 0) w->loop.stop = 1;
 }
@@ -751,6 +752,7 @@ static void conn_dispatch(kl_conn *c, size_t req_end) {
 void kl_req_defer(keel_req *req, kl_deferred *d, uint32_t timeout_ms,
                   void (*cancel)(void *arg, uint64_t id), void *arg) {
   kl_conn *c = req->conn;
+  kl_reqtrace_detach(c->w, req);
   c->wait_cancel = cancel;
   c->wait_arg = arg;
   req->deferred = 1;
@@ -921,6 +923,7 @@ static void stream_events(kl_conn *c) {
 
 void kl_req_stream(keel_req *req, kl_deferred *d, const kl_stream_ops *ops, void *arg) {
   kl_conn *c = req->conn;
+  kl_reqtrace_detach(c->w, req);
   if (c->state != KL_CONN_STREAM) { /* dispatched whole (or deferred): the body is all here */
     c->stream_pre = 1;
     c->stream_left = req->body_len;

@@ -2,6 +2,7 @@
 #include "http/reqtrace.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -90,7 +91,7 @@ void kl_reqtrace_end(kl_worker *w, keel_req *req, const kl_route *r, uint64_t us
   while (t->open) span_close(t->open, end_ns); /* still open: they end with the request */
   kl_log_set_trace(NULL, NULL);
   if (!t->sampled) return;
-  kl_span *s = &w->span;
+  kl_span *s = kl_reqtrace_span(req);
   const kl_conn *c = req->conn;
   keel_str m = keel_req_method(req), p = keel_req_path(req);
   unsigned mi = kl_stats_method(m.ptr, m.len);
@@ -116,6 +117,24 @@ void kl_reqtrace_end(kl_worker *w, keel_req *req, const kl_route *r, uint64_t us
     kl_span_set_status(s, KL_STATUS_ERROR, NULL, 0);
   }
   kl_span_end(s, end_ns, w->traceq);
+  kl_reqtrace_free(req);
+}
+
+kl_span *kl_reqtrace_span(keel_req *req) {
+  return req->trace.span ? req->trace.span : &req->conn->w->span;
+}
+
+void kl_reqtrace_detach(kl_worker *w, keel_req *req) {
+  kl_reqtrace *t = &req->trace;
+  if (!t->sampled || t->span) return;
+  t->span = malloc(sizeof(*t->span));
+  if (t->span) memcpy(t->span, &w->span, sizeof(*t->span));
+  else t->sampled = 0; /* out of memory: this request goes unrecorded */
+}
+
+void kl_reqtrace_free(keel_req *req) {
+  free(req->trace.span);
+  req->trace.span = NULL;
 }
 
 /* ---- the public API ------------------------------------------------------------- */
@@ -126,12 +145,12 @@ int keel_req_sampled(const keel_req *req) {
 
 void keel_req_attr(keel_req *req, const char *key, const char *value) {
   if (req && req->trace.sampled && key && value && !req->responded)
-    kl_span_attr_str(&req->conn->w->span, key, value, strlen(value));
+    kl_span_attr_str(kl_reqtrace_span(req), key, value, strlen(value));
 }
 
 void keel_req_attr_int(keel_req *req, const char *key, int64_t value) {
   if (req && req->trace.sampled && key && !req->responded)
-    kl_span_attr_int(&req->conn->w->span, key, value);
+    kl_span_attr_int(kl_reqtrace_span(req), key, value);
 }
 
 keel_span *keel_span_start(keel_req *req, const char *name, keel_span_kind kind) {

@@ -23,6 +23,8 @@ typedef struct kl_reqtrace {
   size_t tslen;
   uint64_t start_ns;       /* Unix ns of the request's first byte */
   struct keel_span *open;  /* child spans not ended yet */
+  struct kl_span *span;    /* the SERVER span once it left the worker's buffer (a deferred
+                              or streamed request, kl_reqtrace_detach); NULL: w->span */
 } kl_reqtrace;
 
 /**
@@ -38,5 +40,17 @@ void kl_reqtrace_begin(kl_worker *w, keel_req *req, const kl_route *r);
  * from the request's first byte.
  */
 void kl_reqtrace_end(kl_worker *w, keel_req *req, const kl_route *r, uint64_t us);
+
+/**
+ * Worker, when a request will be answered after its handler returns: its SERVER span moves
+ * out of the worker's one span buffer (other requests use it meanwhile) into its own memory.
+ */
+void kl_reqtrace_detach(kl_worker *w, keel_req *req);
+
+/** Worker, when a request ends without an answer (its connection closed): frees its span. */
+void kl_reqtrace_free(keel_req *req);
+
+/** The request's SERVER span (sampled requests). */
+struct kl_span *kl_reqtrace_span(keel_req *req);
 
 #endif

@@ -330,5 +330,49 @@ def test_public_api_for_outgoing_calls():
         assert body == {"sampled": 0, "n": 0, "tp": "", "ts": ""}, body
 
 
+def test_proxied_request_spans():
+    """A proxied request: its SERVER span, and a CLIENT span per upstream attempt whose id is the
+    traceparent the upstream received."""
+    from upstream import Upstream
+    a = Upstream("a")
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    cfg = ("workers: 1\nupstreams:\n  u: {endpoints: [127.0.0.1:%d, 127.0.0.1:%d], balance: round_robin, "
+           "retry_budget: {percent: 100%%, min_per_second: 100}}\n"
+           "routes:\n  - prefix: /api/\n    upstream: u\n    retries: {attempts: 1, backoff: 1ms}\n"
+           % (dead_port, a.port))
+    with OtlpReceiver() as rx:
+        base = rx.endpoint.rsplit("/v1/traces", 1)[0]
+        with Keel(config=cfg, env={"KEEL_TRACING_ENDPOINT": base,
+                                   "KEEL_TRACING_BATCH_DELAY": "50ms"}) as k:
+            for _ in range(2):  # one of the two goes to the dead endpoint first, then retries
+                r, _ = request(k, get("/api/x", extra=tp()))
+                assert r.status == 200, r
+            spans = rx.wait_for_spans(2 + 3, 5)
+            time.sleep(0.2)  # a fourth CLIENT span when both went to the dead endpoint first
+            spans = rx.spans
+    server = [s for s in spans if s["kind"] == 2]
+    client = [s for s in spans if s["kind"] == 3]
+    assert len(server) == 2 and len(client) in (3, 4), spans
+    for s in server:
+        assert s["name"] == "GET /api/*" and s["trace_id"] == TRACE and s["parent_span_id"] == PARENT, s
+        assert s["attributes"]["http.route"] == "/api/*", s
+    ids = {s["span_id"] for s in server}
+    failed = [c for c in client if c["attributes"].get("error.type") == "connection"]
+    ok = [c for c in client if c["attributes"].get("http.response.status_code") == 200]
+    assert len(failed) == len(client) - 2 and len(ok) == 2, client
+    for c in client:
+        assert c["trace_id"] == TRACE and c["parent_span_id"] in ids and c["name"] == "GET", c
+        assert c["attributes"]["server.address"] == "127.0.0.1", c
+    assert failed[0]["status_code"] == 2, failed[0]
+    # The upstream saw this trace with the successful CLIENT spans as parents.
+    got = sorted(h["traceparent"] for _, _, h, _ in a.requests)
+    want = sorted("00-%s-%s-01" % (TRACE, c["span_id"]) for c in ok)
+    assert got == want, (got, want)
+    a.close()
+
+
 if __name__ == "__main__":
     Suite().run(globals())
