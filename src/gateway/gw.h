@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <string.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -33,8 +34,10 @@ enum { KL_LB_ROUND_ROBIN, KL_LB_LEAST_REQUEST };
 typedef struct kl_gw_endpoint {
   char name[160];                 /* "host:port" as configured, for logs and metrics */
   char host[160];                 /* its host: TLS server name and certificate check */
-  struct sockaddr_storage addr;
+  struct sockaddr_storage addr;   /* written by the resolver under addr_seq (kl_gw_ep_addr) */
   socklen_t addrlen;
+  _Atomic uint32_t addr_seq;      /* odd while the resolver rewrites addr */
+  uint8_t is_name;                /* configured as a DNS name (re-resolved), not an address */
   _Atomic uint8_t down;           /* the active health check says unhealthy */
   _Atomic uint32_t fails;         /* consecutive failures seen by requests (outlier detection) */
   _Atomic uint64_t ejected_until; /* ms (monotonic): not chosen before this */
@@ -42,6 +45,18 @@ typedef struct kl_gw_endpoint {
   _Atomic uint32_t active;        /* requests in progress on it, all workers */
   uint32_t hc_ok, hc_bad;         /* health checker's consecutive results (its thread only) */
 } kl_gw_endpoint;
+
+/** A consistent copy of an endpoint's address (the resolver may be rewriting it). */
+static inline socklen_t kl_gw_ep_addr(const kl_gw_endpoint *e, struct sockaddr_storage *out) {
+  for (;;) {
+    uint32_t a = atomic_load_explicit(&e->addr_seq, memory_order_acquire);
+    if (a & 1) continue;
+    socklen_t n = e->addrlen;
+    memcpy(out, &e->addr, sizeof(*out));
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&e->addr_seq, memory_order_relaxed) == a) return n;
+  }
+}
 
 /** An upstream: a named set of endpoints and how to use them. */
 typedef struct kl_gw_upstream {
@@ -56,6 +71,7 @@ typedef struct kl_gw_upstream {
   uint32_t hc_interval_ms, hc_timeout_ms, hc_healthy, hc_unhealthy;
   uint32_t outlier_failures;     /* consecutive failures that eject an endpoint; 0 = off */
   uint32_t outlier_eject_ms;     /* first ejection's length (doubles per repeat, max 10x) */
+  uint32_t resolve_ms;           /* re-resolve DNS names this often; 0 = only at (re)load */
   struct kl_tls_client_ctx *tls; /* tls: the upstream speaks TLS; NULL: plain */
   char tls_name[160];            /* tls.server_name: SNI and the name checked; "" = the host */
   uint32_t retry_budget_pct;     /* retries at most this % of requests (plus retry_min/s) */

@@ -1,5 +1,6 @@
 /* gwconf.c - loads the gateway's `upstreams:` and `routes:` from the YAML config file. */
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -158,6 +159,8 @@ static int add_endpoints(gwl *L, kl_gw_upstream *u, const yaml_node_t *v) {
     kl_gw_endpoint *e = &u->eps[u->neps++];
     snprintf(e->name, sizeof e->name, "%s", s);
     snprintf(e->host, sizeof e->host, "%s", host);
+    struct in6_addr probe;
+    e->is_name = inet_pton(AF_INET, host, &probe) != 1 && inet_pton(AF_INET6, host, &probe) != 1;
     memcpy(&e->addr, a->ai_addr, a->ai_addrlen);
     e->addrlen = a->ai_addrlen;
     if (a->ai_family == AF_INET || a->ai_family == AF_INET6) break; /* first address per name */
@@ -264,6 +267,7 @@ static int upstream_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg)
     return 0;
   }
   if (!strcmp(k, "keepalive")) return get_uint(L, v, "keepalive", 0, 10000, &u->keepalive);
+  if (!strcmp(k, "resolve")) return get_ms(L, v, "resolve", &u->resolve_ms);
   if (!strcmp(k, "max_connections"))
     return get_uint(L, v, "max_connections", 1, 1000000, &u->max_connections);
   if (!strcmp(k, "max_pending")) return get_uint(L, v, "max_pending", 0, 1000000, &u->max_pending);
@@ -272,7 +276,7 @@ static int upstream_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg)
   if (!strcmp(k, "retry_budget")) return each_pair(L, v, "retry_budget", budget_pair, u);
   return gerr(L, v,
               "upstream '%s': unknown key '%s' (endpoints, balance, keepalive, max_connections, "
-              "max_pending, health_check, outlier, retry_budget, tls)",
+              "max_pending, health_check, outlier, retry_budget, tls, resolve)",
               u->name, k);
 }
 
@@ -289,6 +293,7 @@ static int upstreams_pair(gwl *L, const char *name, const yaml_node_t *v, void *
   if (!u->eps) return gerr(L, v, "out of memory");
   gw->nups++;
   u->keepalive = 32;
+  u->resolve_ms = 30000;
   u->max_connections = 10000;
   u->max_pending = 10000;
   u->hc_interval_ms = 5000;

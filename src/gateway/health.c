@@ -2,6 +2,7 @@
 #include "gateway/health.h"
 
 #include <errno.h>
+#include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -22,7 +23,33 @@ struct kl_gw_health {
   pthread_t thread;
   int stopfd;
   uint64_t *next; /* per (upstream, endpoint): when its next check is due (ms) */
+  uint64_t *next_resolve; /* per (upstream, endpoint): when its name is looked up again */
 };
+
+/* Looks a DNS-named endpoint up again; a new address is used by new connections (pooled ones
+ * to the old address stay until they close). Blocking: this thread only. */
+static void resolve(kl_gw_health *h, const kl_gw_upstream *u, kl_gw_endpoint *e) {
+  const char *colon = strrchr(e->name, ':');
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+  if (!colon || getaddrinfo(e->host, colon + 1, &hints, &res) != 0 || !res) {
+    keel_log(h->srv, KEEL_LOG_WARN, "upstream endpoint not resolved: keeping its address",
+             "upstream", u->name, "endpoint", e->name, NULL);
+    return;
+  }
+  if (res->ai_addrlen != e->addrlen || memcmp(res->ai_addr, &e->addr, res->ai_addrlen) != 0) {
+    atomic_fetch_add_explicit(&e->addr_seq, 1, memory_order_acq_rel); /* odd: being written */
+    atomic_thread_fence(memory_order_release);
+    memset(&e->addr, 0, sizeof e->addr);
+    memcpy(&e->addr, res->ai_addr, res->ai_addrlen);
+    e->addrlen = res->ai_addrlen;
+    atomic_fetch_add_explicit(&e->addr_seq, 1, memory_order_release);
+    char text[64] = "";
+    getnameinfo(res->ai_addr, res->ai_addrlen, text, sizeof text, NULL, 0, NI_NUMERICHOST);
+    keel_log(h->srv, KEEL_LOG_INFO, "upstream endpoint address changed", "upstream", u->name,
+             "endpoint", e->name, "address", text, NULL);
+  }
+  freeaddrinfo(res);
+}
 
 /* Waits for `fd` to become ready for `events` until `deadline` (ms) or a stop: 1 ready, 0 not. */
 static int wait_fd(kl_gw_health *h, int fd, short events, uint64_t deadline) {
@@ -43,10 +70,12 @@ static int exchange(kl_gw_health *h, const kl_gw_upstream *u, const kl_gw_endpoi
 /* One check: GET the path; healthy means a 2xx status line within the timeout. */
 static int check(kl_gw_health *h, const kl_gw_upstream *u, const kl_gw_endpoint *e) {
   uint64_t deadline = kl_now_ms() + u->hc_timeout_ms;
-  int fd = socket(e->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  struct sockaddr_storage sa;
+  socklen_t salen = kl_gw_ep_addr(e, &sa); /* a consistent copy: the resolver may rewrite it */
+  int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return 0;
   int ok = 0;
-  if (connect(fd, (const struct sockaddr *)&e->addr, e->addrlen) < 0 && errno != EINPROGRESS)
+  if (connect(fd, (const struct sockaddr *)&sa, salen) < 0 && errno != EINPROGRESS)
     goto out;
   if (!wait_fd(h, fd, POLLOUT, deadline)) goto out;
   int err = 0;
@@ -124,6 +153,15 @@ static void *run(void *arg) {
     for (uint32_t i = 0; i < gw->nups; i++) {
       kl_gw_upstream *u = &gw->ups[i];
       for (uint32_t j = 0; j < u->neps; j++, k++) {
+        if (u->eps[j].is_name && u->resolve_ms) {
+          if (!h->next_resolve[k]) h->next_resolve[k] = now + u->resolve_ms;
+          if (h->next_resolve[k] <= now) {
+            resolve(h, u, &u->eps[j]);
+            now = kl_now_ms();
+            h->next_resolve[k] = now + u->resolve_ms;
+          }
+          if (h->next_resolve[k] < soonest) soonest = h->next_resolve[k];
+        }
         if (!u->hc_path[0]) continue;
         if (h->next[k] <= now) {
           kl_gw_endpoint *e = &u->eps[j];
@@ -164,10 +202,14 @@ kl_gw_health *kl_gw_health_start(kl_gw *gw, keel_server *srv, char *err, size_t 
   for (uint32_t i = 0; i < gw->nups; i++) {
     n += gw->ups[i].neps;
     any |= gw->ups[i].hc_path[0] != '\0';
+    for (uint32_t j = 0; j < gw->ups[i].neps; j++)
+      any |= gw->ups[i].eps[j].is_name && gw->ups[i].resolve_ms;
   }
   if (!any) return NULL;
   kl_gw_health *h = calloc(1, sizeof *h);
-  if (!h || !(h->next = calloc(n, sizeof *h->next))) {
+  if (!h || !(h->next = calloc(n, sizeof *h->next)) ||
+      !(h->next_resolve = calloc(n, sizeof *h->next_resolve))) {
+    if (h) free(h->next);
     free(h);
     snprintf(err, errlen, "out of memory");
     return NULL;
@@ -179,6 +221,7 @@ kl_gw_health *kl_gw_health_start(kl_gw *gw, keel_server *srv, char *err, size_t 
     snprintf(err, errlen, "cannot start the health checker: %s", strerror(errno));
     if (h->stopfd >= 0) close(h->stopfd);
     free(h->next);
+    free(h->next_resolve);
     free(h);
     return NULL;
   }
@@ -193,5 +236,6 @@ void kl_gw_health_stop(kl_gw_health *h) {
   pthread_join(h->thread, NULL);
   close(h->stopfd);
   free(h->next);
+  free(h->next_resolve);
   free(h);
 }

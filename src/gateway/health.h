@@ -11,11 +11,12 @@
  * a timeout, healthy when a 2xx status line comes back. `unhealthy` failures in a row mark the
  * endpoint down (workers stop choosing it); `healthy` successes in a row bring it back and
  * end a passive ejection. Checks are sequential: an endpoint that times out delays the others
- * by at most its timeout. Transitions are logged.
+ * by at most its timeout. Transitions are logged. The same thread looks endpoints configured
+ * by DNS name up again every `resolve` (default 30 s): one address per configured name.
  */
 typedef struct kl_gw_health kl_gw_health;
 
-/** Starts checking; NULL when no upstream has a check (or on failure, with err set). */
+/** Starts checking; NULL when there is nothing to check or resolve (or on failure, with err). */
 kl_gw_health *kl_gw_health_start(kl_gw *gw, keel_server *srv, char *err, size_t errlen);
 
 /** Stops the thread (it notices at once, even in the middle of a check) and frees. NULL ok. */

@@ -627,11 +627,13 @@ static const kl_stream_ops stream_ops = {on_body, on_drained, on_cancel};
 static kl_upconn *uc_connect(kl_up_worker *uw, int ep) {
   kl_gw_upstream *u = uw->u;
   const kl_gw_endpoint *e = &u->eps[ep];
-  int fd = socket(e->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  struct sockaddr_storage sa;
+  socklen_t salen = kl_gw_ep_addr(e, &sa); /* a consistent copy: the resolver may rewrite it */
+  int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return NULL;
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (connect(fd, (const struct sockaddr *)&e->addr, e->addrlen) < 0 && errno != EINPROGRESS) {
+  if (connect(fd, (const struct sockaddr *)&sa, salen) < 0 && errno != EINPROGRESS) {
     close(fd);
     return NULL;
   }

@@ -565,5 +565,59 @@ def test_response_cache():
     a.close()
 
 
+def test_dns_names_are_resolved_again():
+    """An endpoint named by DNS follows its name: keel runs in a private mount namespace where a
+    temporary file stands in for /etc/hosts, and the test moves the name to another address."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        print("skip: needs root and unshare(1) for a private /etc/hosts")
+        return
+    a = Upstream("a")
+    b = socket.socket()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    b.bind(("127.0.0.2", a.port))  # the same port on another loopback address
+    b.listen(16)
+
+    def serve_b():
+        while True:
+            try:
+                c, _ = b.accept()
+            except OSError:
+                return
+            c.recv(65536)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nB")
+            c.close()
+    threading.Thread(target=serve_b, daemon=True).start()
+    d = tempfile.mkdtemp(prefix="keel-dns-")
+    hosts = d + "/hosts"
+    with open(hosts, "w") as f:
+        f.write("127.0.0.1 localhost\n127.0.0.1 backend.keel.test\n")
+    wrapper = d + "/keel-ns"
+    with open(wrapper, "w") as f:
+        f.write("#!/bin/sh\nexec unshare -m sh -c 'mount --bind \"$0\" /etc/hosts && exec \"$@\"' "
+                "%s %s \"$@\"\n" % (hosts, KEEL))
+    os.chmod(wrapper, 0o755)
+    cfg_file = d + "/keel.yaml"
+    with open(cfg_file, "w") as f:
+        f.write(gw({"d": "    endpoints: [backend.keel.test:%d]\n    resolve: 200ms\n    keepalive: 0"
+                    % a.port}, "  - prefix: /\n    upstream: d\n"))
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        print("skip: unshare -m is not permitted here: %s" % probe.stderr.decode().strip())
+        return
+    with Keel("serve", "-c", cfg_file, binary=wrapper) as k:
+        assert rec(request(k, get("/rec"))[0])["upstream"] == "a"
+        with open(hosts, "w") as f:  # the same file: the bind mount shows the new content
+            f.write("127.0.0.1 localhost\n127.0.0.2 backend.keel.test\n")
+        deadline = time.time() + 5
+        while not any("address changed" in l for l in k.lines):
+            assert time.time() < deadline, k.lines[-5:]
+            time.sleep(0.05)
+        r, _ = request(k, get("/rec"))
+        assert r.status == 200 and r.body == b"B", r
+    b.close()
+    a.close()
+    shutil.rmtree(d)
+
+
 if __name__ == "__main__":
     Suite().run(globals())
