@@ -223,6 +223,17 @@ static void seg_push(kl_conn *c, size_t off, size_t len) {
   c->nsegs++;
 }
 
+/* "HTTP/1.1 STATUS REASON\r\nDate: ..." (without the Date line's CRLF) at p. */
+static char *put_status_date(const kl_conn *c, char *p, int status) {
+  const char *r = reason(status);
+  p = PUTS(p, "HTTP/1.1 ");
+  p = put_uint(p, (uint64_t)status);
+  *p++ = ' ';
+  p = put(p, r, strlen(r));
+  p = PUTS(p, "\r\nDate: ");
+  return put(p, c->w->loop.date, KL_DATE_LEN);
+}
+
 /* Will the connection stay open after this response? */
 static int conn_keeps(const kl_conn *c) {
   return c->head.keep_alive && !c->closing && !c->w->draining;
@@ -238,14 +249,7 @@ static int write_head(kl_conn *c, int status, const char *ctype, size_t body_len
   size_t need = 128 + KL_DATE_LEN + ctlen + (extra ? extra->len : 0);
   int rc = kl_buf_reserve(&c->out, need);
   if (rc) return rc;
-  char *start = c->out.data + c->out.len, *p = start;
-  const char *r = reason(status);
-  p = PUTS(p, "HTTP/1.1 ");
-  p = put_uint(p, (uint64_t)status);
-  *p++ = ' ';
-  p = put(p, r, strlen(r));
-  p = PUTS(p, "\r\nDate: ");
-  p = put(p, c->w->loop.date, KL_DATE_LEN);
+  char *start = c->out.data + c->out.len, *p = put_status_date(c, start, status);
   if (status != 204 && status >= 200) {
     p = PUTS(p, "\r\nContent-Length: ");
     p = put_uint(p, body_len);
@@ -970,14 +974,7 @@ int kl_stream_head(const kl_deferred *d, int status, const char *headers, size_t
   if (!c || c->stream_head) return -1;
   int keep = conn_keeps(c) && c->stream_done;
   if (kl_buf_reserve(&c->out, 160 + KL_DATE_LEN + hlen) != 0) return -1;
-  char *start = c->out.data + c->out.len, *p = start;
-  const char *r = reason(status);
-  p = PUTS(p, "HTTP/1.1 ");
-  p = put_uint(p, (uint64_t)status);
-  *p++ = ' ';
-  p = put(p, r, strlen(r));
-  p = PUTS(p, "\r\nDate: ");
-  p = put(p, c->w->loop.date, KL_DATE_LEN);
+  char *start = c->out.data + c->out.len, *p = put_status_date(c, start, status);
   p = PUTS(p, "\r\n");
   p = put(p, headers, hlen);
   if (!bodiless && length >= 0) {
