@@ -3,7 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps run test sanitize fuzz bench bench-quick bench-pipeline clean
+.PHONY: all build deps run test sanitize fuzz bench bench-quick bench-pipeline bench-gateway clean
 
 all: build
 
@@ -38,7 +38,8 @@ fuzz: deps
 	cmake --build build-fuzz -j $(JOBS)
 	scripts/fuzz.sh build-fuzz/fuzz $(FUZZ_SECONDS)
 
-# Benchmarks: keel beside Go net/http, Rust hyper and nginx -> docs/benchmarks.md.
+# Benchmarks: keel beside Go net/http, Rust hyper and nginx, then the gateway and pipeline parts
+# -> docs/benchmarks.md.
 # bench-quick: about a minute, one repetition, for development -> build/bench-quick/.
 bench bench-quick: deps
 	@$(MAKE) --no-print-directory build
@@ -51,6 +52,14 @@ bench-pipeline: deps
 	@$(MAKE) --no-print-directory build
 	bench/setup.sh $(BUILD)/bench/peers
 	KEEL_BENCH_BUILD=$(BUILD) python3 bench/run.py --pipeline-only
+
+# Only the API gateway part (issue 6): keel's reverse proxy beside nginx's proxy_pass to the same
+# upstream; its section of docs/benchmarks.md and the "gateway" key of docs/benchmarks.json are
+# replaced, the rest kept (about 5 minutes).
+bench-gateway: deps
+	@$(MAKE) --no-print-directory build
+	bench/setup.sh $(BUILD)/bench/peers
+	KEEL_BENCH_BUILD=$(BUILD) python3 bench/run.py --gateway-only
 
 clean:
 	rm -rf build build-asan build-fuzz build-gcc

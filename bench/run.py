@@ -2,7 +2,7 @@
 """run.py - the benchmark runner: keel beside Go net/http, Rust hyper and nginx, written to docs/benchmarks.md.
 
 Usage: bench/run.py [--quick | --smoke] [--out DIR] [--servers keel,rust,go,nginx] [--from-json FILE]
-                   [--pipeline-only | --no-pipeline]
+                   [--pipeline-only | --no-pipeline] [--gateway-only | --no-gateway]
        bench/run.py --pipeline-peers-only [--pipeline-seconds S] [--pipeline-reps N] [--pipeline-signals logs,traces]
   (default)  the full run: closed-loop max throughput, constant rates until a server cannot hold
              the rate, idle/peak RSS, binary sizes; pinned (server CPU 0, generator CPU 1, one
@@ -17,7 +17,13 @@ Usage: bench/run.py [--quick | --smoke] [--out DIR] [--servers keel,rust,go,ngin
              -> disk buffer -> Kafka mock cluster, split_bench beside the Go and Rust pipelines,
              memory with Kafka down. JSON on stdout; its section of benchmarks.md and the "pipeline"
              key of benchmarks.json are replaced, the rest kept. With --quick or --smoke as above.
-  --no-pipeline   the HTTP part only (by default the pipeline part follows it).
+  --no-pipeline   no pipeline part (by default it follows the HTTP and gateway parts).
+  --gateway-only  only the API gateway (issue 6, see gateway_bench()): keel's reverse proxy beside
+             nginx's proxy_pass to the same upstream (an nginx with a fixed /echo), proxy pinned
+             to CPU 0, upstream and generator on CPU 1: closed-loop max of POST /echo and GET /,
+             POST /echo at 10k req/s. JSON on stdout; its section of benchmarks.md and the
+             "gateway" key of benchmarks.json are replaced, the rest kept. With --quick or --smoke.
+  --no-gateway    no gateway part (by default it follows the HTTP part).
 """
 import argparse
 import hashlib
@@ -76,8 +82,9 @@ def wait_port(port, proc, timeout=20):
 OBS_VARIANTS = ("keel-bare", "keel-obs")
 
 
-def server_cmd(name, port, workers, tmp, sink_port=None):
-    """(argv, env, binary path) for a server; workers None means its default."""
+def server_cmd(name, port, workers, tmp, sink_port=None, upstream=None):
+    """(argv, env, binary path) for a server; workers None means its default. The gateway part's
+    proxies, "keel-gw" and "nginx-gw", forward everything to `upstream` (a port on 127.0.0.1)."""
     env = dict(os.environ)
     for k in list(env):
         if k.startswith(("KEEL_", "OTEL_")):
@@ -90,6 +97,8 @@ def server_cmd(name, port, workers, tmp, sink_port=None):
         # The pipeline runs as shipped (idle here), on private ports and data.
         env.update({"KEEL_OTLP_HTTP_LISTEN": "127.0.0.1:0", "KEEL_OTLP_GRPC_LISTEN": "127.0.0.1:0",
                     "KEEL_DATA_DIR": os.path.join(tmp, "keel-data-%d" % port)})
+        if name == "keel-gw":
+            argv += ["-c", gw_config_file(tmp, port, upstream)]
         if name == "keel-bare":
             env["KEEL_METRICS_ENABLED"] = "off"
         elif name == "keel-obs":  # metrics on (the default) and 10% of traces to an OTLP sink
@@ -102,8 +111,11 @@ def server_cmd(name, port, workers, tmp, sink_port=None):
             env["GOMAXPROCS" if name == "go" else "WORKERS"] = str(workers)
         b = os.path.join(PEERS, name + "-echo")
         return [b], env, b
-    if name == "nginx":
-        # run.sh renders nginx.conf.in (fixed /echo answer) into a scratch prefix and execs nginx.
+    if name in ("nginx", "nginx-gw"):
+        # run.sh renders nginx.conf.in (fixed /echo answer) into a scratch prefix and execs nginx;
+        # proxy.conf.in for nginx-gw (proxy_pass to the upstream, keep-alive pool).
+        if name == "nginx-gw":
+            env.update({"TEMPLATE": "proxy.conf.in", "UPSTREAM": "127.0.0.1:%d" % upstream})
         prefix = os.path.join(tmp, "nginx-%d" % port)
         b = shutil.which("nginx") or "/usr/sbin/nginx"
         run_sh = os.path.join(ROOT, "bench", "peers", "nginx", "run.sh")
@@ -112,9 +124,9 @@ def server_cmd(name, port, workers, tmp, sink_port=None):
 
 
 class Server:
-    def __init__(self, name, workers, cpus, tmp, sink_port=None):
+    def __init__(self, name, workers, cpus, tmp, sink_port=None, upstream=None):
         self.port = free_port()
-        argv, env, self.binary = server_cmd(name, self.port, workers, tmp, sink_port)
+        argv, env, self.binary = server_cmd(name, self.port, workers, tmp, sink_port, upstream)
         if cpus:
             argv = ["taskset", "-c", cpus] + argv
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
@@ -201,15 +213,18 @@ def load_argv(port, path, rate, seconds, warmup, conns, gen_cpu):
     return (["taskset", "-c", gen_cpu] if gen_cpu else []) + argv
 
 
-def load(server, path, rate, seconds, warmup, conns, gen_cpu):
-    """Runs keel-load once; returns its JSON plus the server's CPU % and the machine's other load."""
+def load(server, path, rate, seconds, warmup, conns, gen_cpu, upstream=None):
+    """Runs keel-load once; returns its JSON plus the server's CPU % and the machine's other load.
+    With `upstream` (the Server a proxy forwards to) its CPU is measured too (upstream_cpu_pct) and
+    is not counted as other load."""
     argv = load_argv(server.port, path, rate, seconds, warmup, conns, gen_cpu)
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(warmup)
-    c0, (t0, i0), w0 = server.cpu_ticks(), cpu_times(), time.time()
+    up_ticks = upstream.cpu_ticks if upstream else lambda: 0
+    c0, u0, (t0, i0), w0 = server.cpu_ticks(), up_ticks(), cpu_times(), time.time()
     gen0 = proc_ticks(p.pid)
     time.sleep(max(0.1, seconds - 0.2))
-    c1, (t1, i1), w1 = server.cpu_ticks(), cpu_times(), time.time()
+    c1, u1, (t1, i1), w1 = server.cpu_ticks(), up_ticks(), cpu_times(), time.time()
     gen1 = proc_ticks(p.pid)
     out, err = p.communicate(timeout=seconds + warmup + 60)
     if p.returncode not in (0, 1) or not out.strip():
@@ -218,7 +233,10 @@ def load(server, path, rate, seconds, warmup, conns, gen_cpu):
     wall = w1 - w0
     r["server_cpu_pct"] = 100.0 * (c1 - c0) / CLK_TCK / wall
     busy_all = (t1 - t0) - (i1 - i0)  # ticks of all CPUs
-    ours = (c1 - c0) + (gen1 - gen0)
+    ours = (c1 - c0) + (gen1 - gen0) + (u1 - u0)
+    if upstream:
+        r["upstream_cpu_pct"] = 100.0 * (u1 - u0) / CLK_TCK / wall
+    r["gen_cpu_pct"] = 100.0 * (gen1 - gen0) / CLK_TCK / wall
     r["other_load_pct"] = max(0.0, 100.0 * (busy_all - ours) / CLK_TCK / wall)
     r["peak_rss_kb"] = server.status_kb("VmHWM")
     return r
@@ -233,17 +251,27 @@ def proc_ticks(pid):
         return 0
 
 
-def measured(server, path, rate, cfg, gen_cpu):
+def measured(server, path, rate, cfg, gen_cpu, upstream=None):
     """One run, repeated (up to 4 times) while it ran beside other load on the machine."""
     for tries in range(5):
-        r = load(server, path, rate, cfg["seconds"], cfg["warmup"], cfg["conns"], gen_cpu)
+        r = load(server, path, rate, cfg["seconds"], cfg["warmup"], cfg["conns"], gen_cpu, upstream)
         if r["other_load_pct"] <= cfg["max_other"]:
             break
         log("  discarded: other load %.0f%% of a core" % r["other_load_pct"])
-        time.sleep(2)
+        pause_until_quiet(cfg["max_other"])
     else:
         raise SystemExit("refusing to record: the machine stays busy with something else")
     return r
+
+
+def pause_until_quiet(max_other, seconds=40):
+    """After a discarded run: waits (up to `seconds`) until the rest of the machine uses at most
+    max_other % of a core (nothing of ours runs now), so the retry does not fall in the same burst
+    of other work; at least 2 s."""
+    time.sleep(1)
+    deadline = time.time() + seconds
+    while 100 * NCPU * machine_busy(1) > max_other and time.time() < deadline:
+        pass
 
 
 def med(runs, key, sub=None):
@@ -498,6 +526,12 @@ def report(results, out_md, img_dir, cmdline):
                             ("max", "max throughput")):
             if os.path.exists(os.path.join(img_dir, "bench-%s.png" % name)):
                 L.append("![%s](img/bench-%s.png)" % (title, name))
+    if results.get("gateway"):
+        L.append("")
+        L.extend(gateway_section(results["gateway"]))
+    elif results.get("gateway_error"):
+        L.extend(["", GW_HEADING + "\n", "Not measured: the run failed (%s). Run `make bench-gateway` "
+                  "again for this section alone." % results["gateway_error"]])
     if results.get("pipeline"):
         L.append("")
         L.extend(pipeline_section(results["pipeline"], img_dir))
@@ -1732,8 +1766,316 @@ def pipeline_failures(P):
     return bad
 
 
-def splice_section(md_path, lines):
-    """Puts the pipeline section into benchmarks.md in place of its previous version (or at the end)."""
+# ---- the gateway (issue 6): keel's reverse proxy beside nginx's proxy_pass, one upstream ---------
+# Pinning on the 2 cores: the proxy under test on CPU 0 with one worker, alone, as the servers of
+# the HTTP part; the upstream (Debian's nginx with bench/peers/nginx/nginx.conf.in, one worker:
+# a fixed /echo answer and GET /) and keel-load share CPU 1. Both proxies run at once (idle, one
+# costs nothing) with the same upstream, pinning, generator and connections, and take turns point
+# by point, repetition by repetition. "direct" is keel-load against the upstream itself: the
+# latency floor that both proxies add to. The proxy is the only thing on its core, so the closed
+# loop is limited by the proxy (it does about twice the socket work of the upstream per request)
+# unless CPU 1 saturates first: the report gives both CPUs and the proxy's CPU per request.
+
+GW_HEADING = "## Gateway: keel vs nginx proxy_pass (issue 6)"
+GW_LABEL = {"keel-gw": "keel gateway", "nginx-gw": "nginx proxy_pass", "direct": "upstream direct (no proxy)"}
+GW_KEEPALIVE = 64
+GW_CFG = {
+    # smoke: the harness works and keel proxies without errors (CI); nothing asserted about speed
+    "smoke": dict(reps=1, seconds=1, warmup=0.5, conns=64, rate=10000, paths=["/echo"], direct=False,
+                  max_other=1000, profile=False),
+    "quick": dict(reps=1, seconds=3, warmup=1, conns=64, rate=10000, paths=["/echo", "/"], direct=True,
+                  max_other=100, profile=True),
+    "full": dict(reps=3, seconds=8, warmup=2, conns=64, rate=10000, paths=["/echo", "/"], direct=True,
+                 max_other=10, profile=True),
+}
+
+
+def gw_config(upstream_port):
+    """keel's gateway config for the benchmark: every path to the one upstream, pooled."""
+    return ("upstreams:\n  up:\n    endpoints: [127.0.0.1:%d]\n    keepalive: %d\n"
+            "routes:\n  - prefix: /\n    upstream: up\n" % (upstream_port, GW_KEEPALIVE))
+
+
+def gw_config_file(tmp, port, upstream_port):
+    path = os.path.join(tmp, "keel-gw-%d.yaml" % port)
+    with open(path, "w") as f:
+        f.write(gw_config(upstream_port))
+    return path
+
+
+def gw_profile(srv, cfg, gen_cpu, tmp, seconds=4):
+    """perf record of the keel proxy for `seconds` of a closed loop of POST /echo (after the
+    measurements: its overhead touches no figure). perf's top binaries and symbols, or None."""
+    if not shutil.which("perf"):
+        return None
+    data = os.path.join(tmp, "perf-gw.data")
+    argv = load_argv(srv.port, "/echo", 0, seconds + 2, 1, cfg["conns"], gen_cpu)
+    gen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        rec = subprocess.run(["perf", "record", "-q", "-o", data, "-p", str(srv.proc.pid), "--",
+                              "sleep", str(seconds)], capture_output=True, text=True)
+    finally:
+        gen.wait(seconds + 30)
+    if rec.returncode != 0 or not os.path.exists(data):
+        log("perf record failed: " + rec.stderr.strip()[-200:])
+        return None
+    own = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--dsos", "keel",
+                          "--sort", "sym", "--percent-limit", "1"], capture_output=True, text=True)
+    return {"seconds": seconds, "path": "/echo", "dso": perf_top(data, "dso", 8),
+            "sym": perf_top(data, "dso,sym", 30),
+            "keel": [l.rstrip() for l in own.stdout.splitlines() if l.strip() and not l.startswith("#")][:12]}
+
+
+def gateway_bench(level="full"):
+    """keel's gateway beside nginx's proxy_pass (level full, quick or smoke; see GW_CFG):
+    {"points": {"max /echo" | "max /" | "rate 10000": {proxy: [runs]}}, ...}."""
+    cfg = dict(GW_CFG[level])
+    for b in (os.path.join(BUILD, "keel"), os.path.join(BUILD, "keel-load")):
+        if not os.access(b, os.X_OK):
+            raise SystemExit("%s missing: build first (cmake --build %s)" % (b, BUILD))
+    have_nginx = bool(shutil.which("nginx") or os.path.exists("/usr/sbin/nginx"))
+    if not have_nginx and level != "smoke":
+        raise SystemExit("nginx missing: run scripts/deps.sh or bench/setup.sh first")
+    gen_cpu = "1" if NCPU > 1 else None
+    G = {"level": level, "config": cfg, "keepalive": GW_KEEPALIVE,
+         "upstream": "nginx" if have_nginx else "keel",  # keel's own /echo if nginx is missing (smoke)
+         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    G["busy_before_pct"] = 100 * (machine_busy(1) if level == "smoke" else wait_quiet("gateway runs"))
+    proxies = ["keel-gw", "nginx-gw"] if have_nginx else ["keel-gw"]
+    tmp = tempfile.mkdtemp(prefix="keel-gw-")
+    up, srvs = None, {}
+    try:
+        up = Server(G["upstream"], 1, gen_cpu, tmp)
+        for name in proxies:
+            srvs[name] = Server(name, 1, "0" if gen_cpu else None, tmp, upstream=up.port)
+        time.sleep(0.5)
+        G["idle_rss_kb"] = {n: s.status_kb("VmRSS") for n, s in srvs.items()}
+        G["binary_bytes"] = {n: stripped_size(s.binary) for n, s in srvs.items()}
+        targets = dict(srvs, **({"direct": up} if cfg["direct"] else {}))
+        points = [("max " + p, p, 0) for p in cfg["paths"]] + [("rate %d" % cfg["rate"], "/echo", cfg["rate"])]
+        G["points"] = {pt: {n: [] for n in targets} for pt, _, _ in points}
+        for pt, path, rate in points:
+            for rep in range(cfg["reps"]):
+                for name, srv in targets.items():
+                    log("gateway %s %s (%d/%d)" % (name, pt, rep + 1, cfg["reps"]))
+                    r = measured(srv, path, rate, cfg, gen_cpu, None if name == "direct" else up)
+                    if name == "direct":  # the upstream is the server measured: no proxy
+                        r["upstream_cpu_pct"], r["server_cpu_pct"] = r["server_cpu_pct"], None
+                    G["points"][pt][name].append(r)
+        G["peak_rss_kb"] = {n: s.status_kb("VmHWM") for n, s in srvs.items()}
+        if cfg["profile"]:
+            G["profile"] = gw_profile(srvs["keel-gw"], cfg, gen_cpu, tmp)
+    finally:
+        for s in list(srvs.values()) + ([up] if up else []):
+            s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    G["versions"] = {"keel": first_line([os.path.join(BUILD, "keel"), "version"]),
+                     "nginx": first_line(["nginx", "-v"]) if have_nginx else "not found",
+                     "kernel": platform.release(), "cpu": cpu_model()}
+    G["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return G
+
+
+def gw_cpu_us(runs):
+    """Median over runs of the proxy's CPU per request, in microseconds."""
+    return statistics.median(r["server_cpu_pct"] / 100 * 1e6 / max(1.0, r["achieved_rate"]) for r in runs)
+
+
+def gateway_section(G):
+    """The section's lines (markdown)."""
+    cfg, P = G["config"], G["points"]
+    L = [GW_HEADING + "\n"]
+    note = {"quick": " (quick run: one repetition, short windows; `make bench-gateway` for the real figures)",
+            "smoke": " (smoke run: checks that the harness works, the figures mean nothing)"}
+    L.append("Written by `bench/run.py` (%s)%s.\n" % (G.get("cmdline", "make bench-gateway"),
+                                                     note.get(G["level"], "")))
+    v = G["versions"]
+    L.append("- Date: %s to %s; load on the machine before: %.0f%%"
+             % (G["started"], G["finished"], G["busy_before_pct"]))
+    L.append("- Machine: %s, %d CPUs, kernel %s. Versions: %s; %s" % (v["cpu"], NCPU, v["kernel"], v["keel"],
+                                                                     v["nginx"]))
+    L.append("- Setup: one upstream for both proxies, %s with one worker (`bench/peers/nginx/nginx.conf.in`: "
+             "`POST /echo` answers a fixed copy of body.json, `GET /` a short text). The proxy under test runs "
+             "pinned to CPU 0 with one worker, alone; the upstream and the generator `build/keel-load` share "
+             "CPU 1. Both proxies run at once and take turns, point by point and repetition by repetition%s. "
+             "Upstream keep-alive pools of %d connections on both sides."
+             % ("Debian's nginx" if G["upstream"] == "nginx" else "keel (nginx was not found)",
+                "; *direct* is the generator against the upstream itself, the floor both proxies add to"
+                if "direct" in next(iter(P.values())) else "", G["keepalive"]))
+    L.append("- Method: %d connections, %gs per measurement after %gs of warm-up, %d repetition%s; figures "
+             "are medians with (min..max). A run beside more than %d%% of a core of other load is discarded "
+             "and repeated (5 tries, then the run is refused). Request body for POST: bench/peers/body.json "
+             "(%d bytes)."
+             % (cfg["conns"], cfg["seconds"], cfg["warmup"], cfg["reps"], "s" if cfg["reps"] > 1 else "",
+                cfg["max_other"], os.path.getsize(BODY)))
+    L.append("")
+    L.append("keel (`keel serve --workers 1 -c gw.yaml`, access log off, everything else its defaults):\n")
+    L.append("```yaml")
+    L.extend(gw_config(0).replace("127.0.0.1:0", "127.0.0.1:<upstream port>").rstrip("\n").split("\n"))
+    L.append("```\n")
+    L.append("nginx (`bench/peers/nginx/proxy.conf.in`, `worker_processes 1`, access log off):\n")
+    L.append("```nginx")
+    L.append("upstream up { server 127.0.0.1:<upstream port>; keepalive %d; keepalive_requests 1000000; }"
+             % G["keepalive"])
+    L.append("location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }")
+    L.append("```\n")
+    L.append("Not the same work per request: keel adds `X-Forwarded-For`, `X-Forwarded-Proto` and a "
+             "generated `X-Request-Id` to every request and keeps its metrics on; nginx with this config "
+             "adds nothing but rewrites `Host`, and buffers the request body (606 bytes, in memory) before "
+             "sending it.\n")
+    names = [n for n in ("keel-gw", "nginx-gw", "direct") if n in next(iter(P.values()))]
+    maxes = [pt for pt in P if pt.startswith("max ")]
+    L.append("### Max throughput, closed loop, %d connections\n" % cfg["conns"])
+    L.append("| path | through | req/s | p99 (ms) | proxy CPU % | upstream CPU % | keel-load CPU % "
+             "| proxy CPU per request (us) |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for pt in maxes:
+        for n in names:
+            runs = P[pt][n]
+            L.append("| `%s %s` | %s | %s | %s | %s | %s | %s | %s |" % (
+                "POST" if pt.endswith("/echo") else "GET", pt[4:], GW_LABEL[n],
+                fmt_range(med(runs, "achieved_rate")), fmt_range(med(runs, "latency_us", "p99"), 0.001, 2),
+                fmt_range(med(runs, "server_cpu_pct")) if n != "direct" else "-",
+                fmt_range(med(runs, "upstream_cpu_pct")), fmt_range(med(runs, "gen_cpu_pct")),
+                "%.1f" % gw_cpu_us(runs) if n != "direct" else "-"))
+    L.append("")
+    L.append("A proxy below ~97% CPU in a closed loop was not the limit: it waited for CPU 1, where "
+             "keel-load and the upstream together use up to 100% (every request crosses between the "
+             "cores four times); then its CPU per request is the fairer comparison.\n")
+    rpt = "rate %d" % cfg["rate"]
+    L.append("### Constant rate, %d req/s, POST /echo\n" % cfg["rate"])
+    L.append("| through | achieved | p50 (ms) | p99 (ms) | p99.9 (ms) | proxy CPU % | upstream CPU % "
+             "| proxy peak RSS (KiB) | generator lag (ms) |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    for n in names:
+        runs = P[rpt][n]
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            GW_LABEL[n], fmt_range(med(runs, "achieved_rate")),
+            fmt_range(med(runs, "latency_us", "p50"), 0.001, 3),
+            fmt_range(med(runs, "latency_us", "p99"), 0.001, 3),
+            fmt_range(med(runs, "latency_us", "p999"), 0.001, 3),
+            fmt_range(med(runs, "server_cpu_pct")) if n != "direct" else "-",
+            fmt_range(med(runs, "upstream_cpu_pct")),
+            G["peak_rss_kb"][n] if n in G["peak_rss_kb"] else "-",
+            fmt_range(med(runs, "max_schedule_lag_us"), 0.001, 1)))
+    L.append("")
+    L.extend(gateway_targets(G, names, maxes, rpt))
+    prof = G.get("profile")
+    if prof:
+        L.append("\n### Where the keel proxy's time goes (perf, closed loop, POST /echo)\n")
+        L.append("`perf record -p` on the keel proxy for %ds of one more closed-loop run (after the "
+                 "measurements above); share of samples by binary, then the top symbols (`[k]` kernel, "
+                 "`[.]` user space):\n" % prof["seconds"])
+        L.append("```")
+        L.extend(prof["dso"] + [""] + prof["sym"])
+        L.append("```\n")
+        if prof.get("keel"):
+            L.append("Within keel's own code (share of keel's samples):\n")
+            L.append("```")
+            L.extend(prof["keel"])
+            L.append("```\n")
+        L.append(gw_profile_summary(prof))
+    bad = gateway_failures(G)
+    if bad:
+        L.append("\n### Measurements with failed requests\n")
+        L.extend("- " + b for b in bad)
+    L.append("")
+    return L
+
+
+def gw_profile_summary(prof):
+    """One sentence: the binaries' shares and keel's own heaviest symbols."""
+    share = {}
+    for row in prof["dso"]:
+        parts = row.split()
+        if len(parts) >= 2 and parts[0].endswith("%"):
+            share[parts[1]] = float(parts[0][:-1])
+    own = []
+    for row in prof["sym"]:
+        parts = row.split()
+        if len(parts) >= 4 and parts[1] == "keel" and parts[0].endswith("%"):
+            own.append("`%s` %s" % (parts[-1], parts[0]))
+    return ("The kernel has %.0f%% of the samples, libc (system-call entry points, malloc, memmove) %.0f%%, "
+            "keel's own code %.0f%%%s." % (
+                share.get("[kernel.kallsyms]", 0), share.get("libc.so.6", 0), share.get("keel", 0),
+                "; keel's heaviest: " + ", ".join(own[:6]) if own else ""))
+
+
+def gateway_targets(G, names, maxes, rpt):
+    """The issue 6 targets: keel's p99 at the rate no more than nginx's, its max at least nginx's."""
+    P = G["points"]
+    L = ["### keel against the targets (issue 6)\n"]
+    if "nginx-gw" not in names:
+        L.append("- Not judged: nginx was not measured.")
+        return L
+    def line(ok, text, why=""):
+        L.append("- %s %s" % ("MET:" if ok else "MISSED:", text) + ("" if ok or not why else ". Why: " + why))
+    k, n = P[rpt]["keel-gw"], P[rpt]["nginx-gw"]
+    d = P[rpt].get("direct")
+    for q, label in (("p99", "p99"), ("p999", "p99.9")):
+        kv, klo, khi = med(k, "latency_us", q)
+        nv, nlo, nhi = med(n, "latency_us", q)
+        added = ""
+        if d:
+            dv = med(d, "latency_us", q)[0]
+            added = "; added over direct (%.3f ms): keel %+.3f ms, nginx %+.3f ms" % (
+                dv / 1000, (kv - dv) / 1000, (nv - dv) / 1000)
+        why = []
+        if klo <= nhi and nlo <= khi:
+            why.append("the runs overlap (keel %.3f..%.3f ms, nginx %.3f..%.3f ms)"
+                       % (klo / 1000, khi / 1000, nlo / 1000, nhi / 1000))
+        kl, nl = med(k, "max_schedule_lag_us")[0], med(n, "max_schedule_lag_us")[0]
+        if q == "p999":
+            why.append("the generator itself fell up to %.1f ms (keel's runs) and %.1f ms (nginx's) behind "
+                       "its schedule (medians)" % (kl / 1000, nl / 1000))
+        kc, nc = med(k, "server_cpu_pct")[0], med(n, "server_cpu_pct")[0]
+        why.append("at this rate keel used %.0f%% of its core, nginx %.0f%%" % (kc, nc))
+        text = "%d req/s %s: keel %.3f ms vs nginx %.3f ms (ratio %.2f)%s" % (
+            G["config"]["rate"], label, kv / 1000, nv / 1000, kv / nv, added)
+        if q == "p99":
+            line(kv <= nv, text, "; ".join(why))
+        else:
+            L.append("- (not a target) " + text)
+    kc, nc = med(k, "server_cpu_pct")[0], med(n, "server_cpu_pct")[0]
+    L.append("- (not a target) %d req/s proxy CPU: keel %.1f%% vs nginx %.1f%% (ratio %.2f)"
+             % (G["config"]["rate"], kc, nc, kc / max(0.1, nc)))
+    for pt in maxes:
+        k, n = P[pt]["keel-gw"], P[pt]["nginx-gw"]
+        kv, nv = med(k, "achieved_rate")[0], med(n, "achieved_rate")[0]
+        kc, nc = med(k, "server_cpu_pct")[0], med(n, "server_cpu_pct")[0]
+        ku, nu = gw_cpu_us(k), gw_cpu_us(n)
+        why = ("keel used %.1f us of CPU per proxied request, nginx %.1f us (ratio %.2f); keel's core was %.0f%% "
+               "busy, nginx's %.0f%%; the upstream's %.0f%% and %.0f%%" % (
+                   ku, nu, ku / nu, kc, nc, med(k, "upstream_cpu_pct")[0], med(n, "upstream_cpu_pct")[0]))
+        if kc < 97:
+            why += "; keel was not CPU-bound, so CPU 1 (generator + upstream) set its limit"
+        if G.get("profile"):
+            why += "; see the profile below"
+        line(kv >= nv, "max %s %s, closed loop: keel %.0f req/s vs nginx %.0f req/s (ratio %.2f)"
+             % ("POST" if pt.endswith("/echo") else "GET", pt[4:], kv, nv, kv / nv), why)
+    L.append("- Peak RSS: keel %d KiB, nginx %d KiB (master + worker); idle: keel %d KiB, nginx %d KiB."
+             % (G["peak_rss_kb"]["keel-gw"], G["peak_rss_kb"]["nginx-gw"], G["idle_rss_kb"]["keel-gw"],
+                G["idle_rss_kb"]["nginx-gw"]))
+    return L
+
+
+def gateway_failures(G):
+    """Every measurement whose requests failed or were answered non-2xx."""
+    bad = []
+    for pt, by in G.get("points", {}).items():
+        for name, runs in by.items():
+            for r in runs:
+                errs = sum(r["errors"].values())
+                if errs or r["non2xx"] or not r["requests"]:
+                    bad.append("gateway %s %s: %d requests, %d errors, %d non-2xx"
+                               % (name, pt, r["requests"], errs, r["non2xx"]))
+    return bad
+
+
+def splice_section(md_path, lines, heading=PIPELINE_HEADING):
+    """Puts a section (the pipeline's by default) into benchmarks.md in place of its previous
+    version (or at the end)."""
     old = ""
     if os.path.exists(md_path):
         with open(md_path) as f:
@@ -1742,14 +2084,31 @@ def splice_section(md_path, lines):
     if not old:
         new = "# keel benchmarks\n\n" + section
     else:
-        start = old.find(PIPELINE_HEADING + "\n")
+        start = old.find(heading + "\n")
         if start < 0:
             new = old.rstrip("\n") + "\n\n" + section
         else:
-            nxt = old.find("\n## ", start + len(PIPELINE_HEADING))
+            nxt = old.find("\n## ", start + len(heading))
             new = old[:start] + section + (old[nxt + 1:] if nxt >= 0 else "")
     with open(md_path, "w") as f:
         f.write(new)
+
+
+def write_part(out, key, data, lines, heading):
+    """One part run alone: its JSON on stdout, its section of out/benchmarks.md and its key of
+    out/benchmarks.json replaced, the rest of both kept."""
+    print(json.dumps(data, indent=1))
+    splice_section(os.path.join(out, "benchmarks.md"), lines, heading)
+    jpath = os.path.join(out, "benchmarks.json")
+    try:
+        with open(jpath) as f:
+            whole = json.load(f)
+    except (OSError, ValueError):
+        whole = {}
+    whole[key] = data
+    with open(jpath, "w") as f:
+        json.dump(whole, f, indent=1)
+    log("wrote the %s section of %s" % (key, os.path.join(out, "benchmarks.md")))
 
 
 def main():
@@ -1767,7 +2126,10 @@ def main():
     ap.add_argument("--pipeline-signals", default="logs,traces", help="logs,traces (both)")
     ap.add_argument("--pipeline-only", action="store_true",
                     help="only the telemetry pipeline part: JSON on stdout, its section of benchmarks.md")
-    ap.add_argument("--no-pipeline", action="store_true", help="only the HTTP part")
+    ap.add_argument("--no-pipeline", action="store_true", help="no pipeline part")
+    ap.add_argument("--gateway-only", action="store_true",
+                    help="only the gateway part: JSON on stdout, its section of benchmarks.md")
+    ap.add_argument("--no-gateway", action="store_true", help="no gateway part")
     a = ap.parse_args()
     level = "smoke" if a.smoke else "quick" if a.quick else "full"
     if a.pipeline_only:
@@ -1775,23 +2137,22 @@ def main():
         os.makedirs(out, exist_ok=True)
         P = pipeline_bench(level)
         P["cmdline"] = "python3 bench/run.py --pipeline-only" + ("" if level == "full" else " --" + level)
-        print(json.dumps(P, indent=1))
         img = os.path.join(out, "img")
         pipeline_plot(P, img)
-        splice_section(os.path.join(out, "benchmarks.md"), pipeline_section(P, img))
-        jpath = os.path.join(out, "benchmarks.json")
-        try:
-            with open(jpath) as f:
-                whole = json.load(f)
-        except (OSError, ValueError):
-            whole = {}
-        whole["pipeline"] = P
-        with open(jpath, "w") as f:
-            json.dump(whole, f, indent=1)
-        log("wrote the pipeline section of %s" % os.path.join(out, "benchmarks.md"))
+        write_part(out, "pipeline", P, pipeline_section(P, img), PIPELINE_HEADING)
         bad = pipeline_failures(P)
         if bad and a.smoke:
             raise SystemExit("pipeline: " + "; ".join(bad))
+        return
+    if a.gateway_only:
+        out = a.out or os.path.join(ROOT, "docs")
+        os.makedirs(out, exist_ok=True)
+        G = gateway_bench(level)
+        G["cmdline"] = "make bench-gateway" if level == "full" else "python3 bench/run.py --gateway-only --" + level
+        write_part(out, "gateway", G, gateway_section(G), GW_HEADING)
+        bad = gateway_failures(G)
+        if bad and a.smoke:
+            raise SystemExit("gateway: " + "; ".join(bad))
         return
     if a.pipeline_peers_only:
         res = pipeline_peers(seconds=a.pipeline_seconds, reps=a.pipeline_reps,
@@ -1826,15 +2187,19 @@ def main():
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         results["versions"] = versions()
-        if not a.no_pipeline:
+        parts = [("gateway", gateway_bench, a.no_gateway), ("pipeline", pipeline_bench, a.no_pipeline)]
+        for key, bench, skip in parts:
+            if skip:
+                continue
             try:
-                results["pipeline"] = pipeline_bench(level)
-            except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as e:
+                results[key] = bench(level)
+            except (RuntimeError, OSError, ValueError, subprocess.SubprocessError, SystemExit) as e:
                 if a.smoke:
                     raise
-                # the HTTP results of the run are kept; the report says what failed
-                log("pipeline part failed: %s" % e)
-                results["pipeline_error"] = str(e)
+                # the HTTP results of the run are kept (a busy machine refuses one part with
+                # SystemExit); the report says what failed: `make bench-<part>` redoes it alone
+                log("%s part failed: %s" % (key, e))
+                results[key + "_error"] = str(e)
         with open(os.path.join(out, "benchmarks.json"), "w") as f:
             json.dump(results, f, indent=1)
     img = os.path.join(out, "img")
@@ -1846,11 +2211,15 @@ def main():
     if results.get("pipeline"):
         results["pipeline"].setdefault("cmdline", cmdline)
         pipeline_plot(results["pipeline"], img)
+    if results.get("gateway"):
+        results["gateway"].setdefault("cmdline", cmdline)
     report(results, os.path.join(out, "benchmarks.md"), img, cmdline)
     log("wrote %s" % os.path.join(out, "benchmarks.md"))
     bad = failed_requests(results)
     if results.get("pipeline"):
         bad += ["pipeline: " + b for b in pipeline_failures(results["pipeline"])]
+    if results.get("gateway"):
+        bad += gateway_failures(results["gateway"])
     if bad and a.smoke:
         raise SystemExit("failed requests: " + "; ".join(bad))
 
