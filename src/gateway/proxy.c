@@ -524,7 +524,7 @@ static ssize_t uc_read(kl_upconn *uc, char *p, size_t n) {
   }
 }
 
-static ssize_t uc_write(kl_upconn *uc, const char *p, size_t n) {
+static ssize_t uc_write(kl_upconn *uc, const char *p, size_t n, int more) {
   if (uc->tls) {
     uint32_t want = 0;
     ssize_t r = kl_tls_write(uc->tls, p, n, &want);
@@ -532,7 +532,7 @@ static ssize_t uc_write(kl_upconn *uc, const char *p, size_t n) {
     return r;
   }
   for (;;) {
-    ssize_t r = send(uc->io.fd, p, n, MSG_NOSIGNAL);
+    ssize_t r = send(uc->io.fd, p, n, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
     if (r >= 0) return r;
     if (errno != EINTR) return -errno;
   }
@@ -546,10 +546,11 @@ static void uc_want(kl_upconn *uc) {
   kl_io_modify(uc->uw->loop, &uc->io, ev);
 }
 
-/* Writes what is queued: 0 (all or some written), -1 on a socket error. */
-static int uc_flush(kl_upconn *uc) {
+/* Writes what is queued: 0 (all or some written), -1 on a socket error. `more`: the request's
+ * body follows at once (MSG_MORE: head and body leave in one segment). */
+static int uc_flush_more(kl_upconn *uc, int more) {
   while (uc->out_off < uc->out.len) {
-    ssize_t n = uc_write(uc, uc->out.data + uc->out_off, uc->out.len - uc->out_off);
+    ssize_t n = uc_write(uc, uc->out.data + uc->out_off, uc->out.len - uc->out_off, more);
     if (n == -EAGAIN) break;
     if (n < 0) return -1;
     uc->out_off += (size_t)n;
@@ -558,6 +559,8 @@ static int uc_flush(kl_upconn *uc) {
   uc_want(uc);
   return 0;
 }
+
+static int uc_flush(kl_upconn *uc) { return uc_flush_more(uc, 0); }
 
 /* The request is all written once its head is out and the client's body has ended. */
 static void check_sent(kl_proxy_req *pr) {
@@ -664,7 +667,8 @@ static void uc_ready(kl_proxy_req *pr) {
   uc->state = UC_ACTIVE;
   pr->connect_at = 0;
   uc->out.len = uc->out_off = 0;
-  if (kl_buf_append(&uc->out, pr->head, pr->head_len) != 0 || uc_flush(uc) != 0) {
+  int more = pr->has_body && !pr->body_end; /* the body the client already sent follows */
+  if (kl_buf_append(&uc->out, pr->head, pr->head_len) != 0 || uc_flush_more(uc, more) != 0) {
     attempt_failed(pr, !uc->reused, 502, "cannot send the request to the upstream");
     return;
   }

@@ -763,7 +763,9 @@ void kl_req_defer(keel_req *req, kl_deferred *d, uint32_t timeout_ms,
   c->state = KL_CONN_WAIT;
   c->wait_id = ++c->w->wait_seq;
   c->reading = 0;
-  conn_want(c, 0); /* level-triggered input must not wake us while we wait */
+  /* Input stays registered: only if some arrives while we wait is it turned off (conn_event),
+   * which saves two epoll_ctl calls per deferred request. TLS turns it off at once. */
+  if (c->ssl) conn_want(c, 0);
   c->deadline = c->w->loop.now + timeout_ms;
   kl_timer_set(&c->w->loop.timers, &c->timer, c->deadline);
   d->conn = c;
@@ -922,7 +924,9 @@ static void stream_events(kl_conn *c) {
            c->in.len - c->in_start < (size_t)64 * 1024 + c->head.head_len;
   int wr = c->seg_first < c->nsegs;
   c->reading = (uint8_t)rd;
-  conn_want(c, (rd ? EPOLLIN | EPOLLRDHUP : 0) | (wr ? EPOLLOUT : 0));
+  uint32_t ev = (rd ? EPOLLIN | EPOLLRDHUP : 0) | (wr ? EPOLLOUT : 0);
+  if (!rd && !c->ssl) ev |= c->io.events & (EPOLLIN | EPOLLRDHUP); /* off when input comes */
+  conn_want(c, ev);
 }
 
 void kl_req_stream(keel_req *req, kl_deferred *d, const kl_stream_ops *ops, void *arg) {
@@ -1304,7 +1308,13 @@ static void conn_event(kl_loop *loop, kl_io *io, uint32_t events) {
       }
     }
   }
-  if ((events & (EPOLLIN | EPOLLRDHUP)) && c->reading) conn_read(c);
+  if ((events & (EPOLLIN | EPOLLRDHUP)) && c->reading) {
+    conn_read(c);
+  } else if ((events & (EPOLLIN | EPOLLRDHUP)) && !c->closed && !c->ssl) {
+    /* Input while we do not read (a deferred or streamed answer is pending): stop watching
+     * it, or level-triggered epoll would report it again and again. Reading resumes after. */
+    conn_want(c, c->io.events & ~(uint32_t)(EPOLLIN | EPOLLRDHUP));
+  }
 }
 
 static void conn_timer_cb(kl_timer *t) {
