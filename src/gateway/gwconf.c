@@ -163,7 +163,7 @@ static int add_endpoints(gwl *L, kl_gw_upstream *u, const yaml_node_t *v) {
     e->is_name = inet_pton(AF_INET, host, &probe) != 1 && inet_pton(AF_INET6, host, &probe) != 1;
     memcpy(&e->addr, a->ai_addr, a->ai_addrlen);
     e->addrlen = a->ai_addrlen;
-    if (a->ai_family == AF_INET || a->ai_family == AF_INET6) break; /* first address per name */
+    break; /* the first address per name (re-resolved every `resolve`, health.c) */
   }
   freeaddrinfo(res);
   return 0;
@@ -407,12 +407,16 @@ static int rl_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
   return gerr(L, v, "rate_limit: unknown key '%s' (rate, burst, by, scope, on_redis_error, replicas)", k);
 }
 
-static int load_rate_limit(gwl *L, kl_gw_route *r, const yaml_node_t *v) {
-  rl_ctx c = {.r = r, .replicas = 1, .scope = KL_RL_LOCAL, .on_error = KL_RL_FAIL_LOCAL};
-  int e = each_pair(L, v, "rate_limit", rl_pair, &c);
+/* Parses rate_limit: into c; the limit is built once the whole route is known (finish_rate_limit). */
+static int load_rate_limit(gwl *L, rl_ctx *c, const yaml_node_t *v) {
+  int e = each_pair(L, v, "rate_limit", rl_pair, c);
   if (e) return e;
-  if (!c.has_rate) return gerr(L, v, "rate_limit: needs rate: (e.g. 100/s)");
-  if (!c.burst) c.burst = c.count;
+  if (!c->has_rate) return gerr(L, v, "rate_limit: needs rate: (e.g. 100/s)");
+  if (!c->burst) c->burst = c->count;
+  return 0;
+}
+
+static int finish_rate_limit(gwl *L, kl_gw_route *r, rl_ctx c, const yaml_node_t *v) {
   r->rl = calloc(1, sizeof *r->rl);
   if (!r->rl) return gerr(L, v, "out of memory");
   /* The Redis key names the limit: the route's name, made of safe characters. */
@@ -567,6 +571,8 @@ static int cache_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
 
 typedef struct route_ctx {
   kl_gw_route *r;
+  rl_ctx rl;                   /* rate_limit:, built at the end of the route */
+  const yaml_node_t *rl_node;
   const yaml_node_t *upstream; /* resolved after all upstreams are known */
   bool has_path;
 } route_ctx;
@@ -652,7 +658,11 @@ static int route_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
   }
   if (!strcmp(k, "timeouts")) return each_pair(L, v, "timeouts", timeouts_pair, r);
   if (!strcmp(k, "auth")) return each_pair(L, v, "auth", auth_pair, r);
-  if (!strcmp(k, "rate_limit")) return load_rate_limit(L, r, v);
+  if (!strcmp(k, "rate_limit")) {
+    rc->rl = (rl_ctx){.r = r, .replicas = 1, .scope = KL_RL_LOCAL, .on_error = KL_RL_FAIL_LOCAL};
+    rc->rl_node = v;
+    return load_rate_limit(L, &rc->rl, v);
+  }
   if (!strcmp(k, "validate")) return each_pair(L, v, "validate", validate_pair, r);
   if (!strcmp(k, "cache")) {
     r->cache_on = 1; /* a cache: mapping turns it on unless it says enabled: false */
@@ -697,6 +707,7 @@ static int load_route(gwl *L, const yaml_node_t *v) {
     if (r->upstream < 0) return gerr(L, rc.upstream, "upstream: no upstream named '%s'", s);
   }
   if (!r->name[0]) snprintf(r->name, sizeof r->name, "%s%s", r->path, r->prefix ? "*" : "");
+  if (rc.rl_node && (e = finish_rate_limit(L, r, rc.rl, rc.rl_node)) != 0) return e;
   if (r->cache_on && r->action != KL_GW_PROXY)
     return gerr(L, v, "cache: only routes with an upstream are cached");
   if (!r->cache_max_object) r->cache_max_object = 1 << 20;
@@ -717,11 +728,11 @@ static int load_route(gwl *L, const yaml_node_t *v) {
     rt->userdata = r;
     /* Streamed, unless a schema must see the whole body first. */
     rt->flags = (uint8_t)(r->schema ? 0 : KL_ROUTE_STREAM);
-    rt->body_max = r->max_body;
   } else {
     rt->handler = r->handler;
     rt->userdata = r->handler_ud;
   }
+  rt->body_max = r->max_body; /* streamed: its only cap; buffered: under limits.body */
   if (r->policies) {
     rt->handler = kl_gw_policy_handler;
     rt->userdata = r;

@@ -23,6 +23,7 @@ typedef struct kl_gw_worker {
 typedef struct hold {
   kl_deferred d;
   const kl_gw_route *r;
+  const char *tenant; /* the keyring's, which lives as long as the route */
   uint8_t stream;    /* held with kl_req_stream (a streamed route), else kl_req_defer */
   uint8_t cancelled; /* the client went away: the decision only frees this */
   uint8_t waiting;   /* the decision is still to come */
@@ -84,7 +85,8 @@ static void deny(keel_req *req, const kl_gw_route *r, const kl_rl_decision *d) {
 
 /* The route's action, once every policy passed; an allowed rate-limit decision's headers
  * go on the answer. */
-static void act(keel_req *req, const kl_gw_route *r, const kl_rl_decision *d) {
+static void act(keel_req *req, const kl_gw_route *r, const kl_rl_decision *d,
+                const char *tenant) {
   char extra[512];
   size_t n = 0;
   if (d) {
@@ -99,7 +101,7 @@ static void act(keel_req *req, const kl_gw_route *r, const kl_rl_decision *d) {
       if (w > 0 && (size_t)w < sizeof extra - n) n += (size_t)w;
     }
   }
-  if (r->action == KL_GW_PROXY) kl_proxy_start(req, r, extra, n);
+  if (r->action == KL_GW_PROXY) kl_proxy_start(req, r, extra, n, tenant);
   else r->handler(req, r->handler_ud);
 }
 
@@ -117,6 +119,12 @@ static int validate(keel_req *req, const kl_gw_route *r) {
   if (r->v_methods) {
     unsigned mi = kl_stats_method(m.ptr, m.len);
     if (mi == KL_METHODS_N - 1 || !(r->v_methods & (1u << mi))) {
+      char allow[128] = "";
+      for (unsigned i = 0; i < KL_METHODS_N - 1; i++)
+        if (r->v_methods & (1u << i))
+          snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s",
+                   allow[0] ? ", " : "", kl_stats_method_name(i));
+      keel_resp_header(req, "Allow", allow);
       keel_respond_error(req, 405, "method not allowed on this route");
       return -1;
     }
@@ -131,7 +139,7 @@ static int validate(keel_req *req, const kl_gw_route *r) {
     }
   }
   for (uint32_t i = 0; i < r->v_nheaders; i++)
-    if (!keel_req_header(req, r->v_headers[i]).ptr) {
+    if (!keel_req_header(req, r->v_headers[i]).len) { /* absent or empty */
       char msg[200];
       snprintf(msg, sizeof msg, "the request must carry the header %s", r->v_headers[i]);
       keel_respond_error(req, 400, msg);
@@ -180,6 +188,7 @@ static void decided(void *arg, const kl_rl_decision *d) {
   }
   kl_deferred dd = h->d;
   const kl_gw_route *r = h->r;
+  const char *tenant = h->tenant;
   int stream = h->stream;
   hold_free(h);
   keel_req *req = kl_deferred_req(&dd);
@@ -190,7 +199,7 @@ static void decided(void *arg, const kl_rl_decision *d) {
     return;
   }
   (void)stream;
-  act(req, r, d); /* a streamed request: the proxy takes it over (a new handle) */
+  act(req, r, d, tenant); /* a streamed request: the proxy takes it over (a new handle) */
   kl_deferred_finish(&dd); /* answered here, or a no-op once the proxy has it */
 }
 
@@ -260,6 +269,7 @@ void kl_gw_policy_handler(keel_req *req, void *route) {
         return;
       }
       h->r = r;
+      h->tenant = r->keys ? tenant : NULL;
       h->waiting = 1;
       int now = kl_rl_decide(rw, r->rl, key, len, &d, decided, h);
       if (now == 1) {
@@ -278,5 +288,5 @@ void kl_gw_policy_handler(keel_req *req, void *route) {
     }
   }
   if (validate(req, r) != 0) return;
-  act(req, r, dp);
+  act(req, r, dp, r->keys ? tenant : NULL);
 }

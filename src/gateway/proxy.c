@@ -93,6 +93,8 @@ struct kl_proxy_req {
   char *cache_hdrs;         /* the response's header lines, as the client got them */
   size_t cache_hdrs_len;
   kl_buf cache_body;        /* the body, up to the route's max_object */
+  const char *tenant;       /* the API key's tenant (auth:): part of the cache key */
+  char cache_host[320];     /* "tenant\nhost" when there is a tenant */
   /* Tracing: a CLIENT span per attempt, child of the request's SERVER span. */
   size_t tp_off;            /* where the traceparent's parent id sits in `head`; 0: none */
   kl_trace_ctx tctx;        /* the trace; span_id: the SERVER span */
@@ -283,6 +285,7 @@ static int build_head(kl_proxy_req *pr, keel_req *req) {
   keel_str m = keel_req_method(req), path = keel_req_path(req), q = keel_req_query(req);
   const char *conn_v = NULL, *xff = NULL, *rid = NULL;
   size_t conn_l = 0, xff_l = 0;
+  int has_host = 0;
   for (uint32_t i = 0; i < h->nheaders; i++) {
     const kl_header *f = &w->hdrs[i];
     const char *n = base + f->name_off;
@@ -292,13 +295,15 @@ static int build_head(kl_proxy_req *pr, keel_req *req) {
     } else if (kl_http_name_eq(n, f->name_len, "x-forwarded-for")) {
       xff = base + f->value_off;
       xff_l = f->value_len;
+    } else if (kl_http_name_eq(n, f->name_len, "host")) {
+      has_host = 1;
     } else if (kl_http_name_eq(n, f->name_len, "x-request-id") && f->value_len <= REQ_ID_MAX &&
                f->value_len) {
       rid = base + f->value_off;
     }
   }
   const char *peer = kl_conn_peer(c);
-  size_t cap = m.len + path.len + q.len + h->head_len + xff_l + strlen(peer) + 256;
+  size_t cap = m.len + path.len + q.len + h->head_len + xff_l + strlen(peer) + 512;
   char *p = malloc(cap);
   if (!p) return -ENOMEM;
   pr->head = p;
@@ -310,6 +315,12 @@ static int build_head(kl_proxy_req *pr, keel_req *req) {
     p = put(p, q.ptr, q.len);
   }
   p = PUTS(p, " HTTP/1.1\r\n");
+  if (!has_host) { /* an HTTP/1.0 client may omit it; HTTP/1.1 requires one: the upstream's */
+    const char *ep = pr->u->eps[0].name;
+    p = PUTS(p, "Host: ");
+    p = put(p, ep, strlen(ep));
+    p = PUTS(p, "\r\n");
+  }
   for (uint32_t i = 0; i < h->nheaders; i++) {
     const kl_header *f = &w->hdrs[i];
     const char *n = base + f->name_off;
@@ -329,7 +340,8 @@ static int build_head(kl_proxy_req *pr, keel_req *req) {
     p = PUTS(p, ", ");
   }
   p = put(p, peer, strlen(peer));
-  p = PUTS(p, "\r\nX-Forwarded-Proto: http\r\n");
+  p = PUTS(p, "\r\nX-Forwarded-Proto: ");
+  p = c->ssl ? PUTS(p, "https\r\n") : PUTS(p, "http\r\n");
   if (!rid) {
     char id[37];
     request_id(w, id);
@@ -763,8 +775,9 @@ static void attempt(kl_proxy_req *pr) {
 
 /* ---- the response cache --------------------------------------------------------------- */
 
-/* The cache's view of a request (its header views must be current). */
-static void cache_req_of(keel_req *req, kl_cache_req *cr) {
+/* The cache's view of a request (its header views must be current). On a route with API
+ * keys the tenant is part of the key: tenants never share entries. */
+static void cache_req_of(kl_proxy_req *pr, keel_req *req, kl_cache_req *cr) {
   const kl_conn *c = req->conn;
   keel_str m = keel_req_method(req), p = keel_req_path(req), q = keel_req_query(req),
            h = keel_req_header(req, "host");
@@ -772,6 +785,12 @@ static void cache_req_of(keel_req *req, kl_cache_req *cr) {
                        .host_len = h.len, .path = p.ptr, .path_len = p.len, .query = q.ptr,
                        .query_len = q.len, .hbuf = req->base, .hdrs = c->w->hdrs,
                        .nhdrs = c->head.nheaders};
+  if (pr->tenant) {
+    int n = snprintf(pr->cache_host, sizeof pr->cache_host, "%s\n%.*s", pr->tenant,
+                     (int)cr->host_len, cr->host);
+    cr->host = pr->cache_host;
+    cr->host_len = n > 0 && (size_t)n < sizeof pr->cache_host ? (size_t)n : 0;
+  }
 }
 
 /* The leader keeps a copy of the body it forwards, up to the route's max_object. */
@@ -828,7 +847,7 @@ static int cache_lookup(kl_proxy_req *pr, keel_req *req, int may_wait) {
   kl_cache_req cr;
   kl_cache_entry *e = NULL;
   kl_cache_ticket *t = NULL;
-  cache_req_of(req, &cr);
+  cache_req_of(pr, req, &cr);
   pr->waiter.wake = cache_wake;
   pr->waiter.arg = pr;
   int res = kl_cache_lookup(pr->r->gw->cache, &cr, may_wait ? &pr->waiter : NULL,
@@ -927,7 +946,7 @@ static void response_done(kl_proxy_req *pr, int reusable) {
     keel_req *req = kl_stream_req(&d);
     kl_cache_req cr;
     if (req && reusable) {
-      cache_req_of(req, &cr);
+      cache_req_of(pr, req, &cr);
       kl_cache_resp resp = {pr->resp.status, pr->cache_hdrs, pr->cache_hdrs_len,
                             pr->cache_body.data, pr->cache_body.len};
       kl_cache_fill(pr->r->gw->cache, pr->ticket, &cr, &resp, pr->w->loop.now);
@@ -1149,9 +1168,10 @@ static void uc_event(kl_loop *loop, kl_io *io, uint32_t events) {
 
 /* ---- the handler ---------------------------------------------------------------------- */
 
-void kl_proxy_handler(keel_req *req, void *route) { kl_proxy_start(req, route, NULL, 0); }
+void kl_proxy_handler(keel_req *req, void *route) { kl_proxy_start(req, route, NULL, 0, NULL); }
 
-void kl_proxy_start(keel_req *req, const kl_gw_route *r, const char *extra, size_t extra_len) {
+void kl_proxy_start(keel_req *req, const kl_gw_route *r, const char *extra, size_t extra_len,
+                    const char *tenant) {
   kl_worker *w = req->conn->w;
   kl_gw_upstream *u = &r->gw->ups[r->upstream];
   kl_up_worker *uw = &u->w[w->id];
@@ -1162,6 +1182,7 @@ void kl_proxy_start(keel_req *req, const kl_gw_route *r, const char *extra, size
     return;
   }
   kl_proxy_req *pr = calloc(1, sizeof *pr);
+  if (pr) pr->u = u;
   if (!pr || build_head(pr, req) != 0) {
     if (pr) free(pr->head);
     free(pr);
@@ -1173,7 +1194,7 @@ void kl_proxy_start(keel_req *req, const kl_gw_route *r, const char *extra, size
     pr->extra_len = extra_len;
   }
   pr->r = r;
-  pr->u = u;
+  pr->tenant = tenant;
   pr->uw = uw;
   pr->w = w;
   pr->ep = pr->last_ep = -1;

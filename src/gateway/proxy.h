@@ -20,8 +20,10 @@ void kl_proxy_handler(keel_req *req, void *route);
 
 /**
  * Proxies `req` on route `r` (also a request already held with kl_req_stream); `extra`
- * ("Name: value\r\n" lines, copied) is added to the response the client gets.
+ * ("Name: value\r\n" lines, copied) is added to the response the client gets; `tenant`
+ * (NULL: none; must outlive the request) keeps the tenants' cache entries apart.
  */
-void kl_proxy_start(keel_req *req, const kl_gw_route *r, const char *extra, size_t extra_len);
+void kl_proxy_start(keel_req *req, const kl_gw_route *r, const char *extra, size_t extra_len,
+                    const char *tenant);
 
 #endif

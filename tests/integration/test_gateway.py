@@ -138,6 +138,9 @@ def test_forwarded_headers_and_hop_by_hop():
         assert rid and len(rid) == 36 and rid[14] == "4", j
         j2 = rec(request(k, get("/rec", extra="X-Request-Id: abc-123\r\n"))[0])
         assert hdr(j2, "x-request-id") == "abc-123", j2
+        # HTTP/1.0 without Host: the upstream still gets one (its address)
+        j3 = rec(request(k, b"GET /rec HTTP/1.0\r\n\r\n")[0])
+        assert hdr(j3, "host") == "127.0.0.1:%d" % a.port, j3
         # The response: hop-by-hop fields (and those its Connection names) are dropped.
         assert r.header("x-hop") is None and r.header("keep-alive") is None, r
         assert r.header("x-kept") == "1" and r.header("date"), r

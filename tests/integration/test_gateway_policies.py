@@ -59,9 +59,10 @@ def test_api_keys_and_tenants():
     os.makedirs(d + "/secret")
     with open(d + "/secret/initech", "w") as f:  # a Secret mounted as files: the name is the tenant
         f.write("k-initech\n")
-    routes = ("  - prefix: /a/\n    upstream: a\n    auth: {api_keys: %s/keys}\n"
+    routes = ("  - prefix: /c/\n    upstream: a\n    auth: {api_keys: %s/keys}\n    cache: {}\n"
+              "  - prefix: /a/\n    upstream: a\n    auth: {api_keys: %s/keys}\n"
               "  - prefix: /b/\n    upstream: a\n    auth: {api_keys: %s/secret}\n"
-              "    rate_limit: {rate: 2/min, by: tenant}\n" % (d, d))
+              "    rate_limit: {rate: 2/min, by: tenant}\n" % (d, d, d))
     with Keel(config=gw({"a": [a.port]}, routes)) as k:
         r, _ = request(k, get("/a/x"))
         assert r.status == 401 and r.header("www-authenticate") == 'Bearer realm="keel"', r
@@ -77,6 +78,11 @@ def test_api_keys_and_tenants():
         r, _ = request(k, get("/b/x", extra="X-API-Key: k-initech\r\n"))
         assert r.status == 429 and int(r.header("retry-after")) >= 1, r
         assert r.header("ratelimit-limit") == "2" and r.header("ratelimit-remaining") == "0", r
+        # Cached responses are kept per tenant: acme's entry is not globex's.
+        for key in ["k-acme-1", "k-globex-1", "k-acme-1"]:
+            r, _ = request(k, get("/c/cache/0/x", extra="X-API-Key: %s\r\n" % key))
+            assert r.status == 200, r
+        assert [r for r in a.requests if "cache" in r[1]].__len__() == 2, a.requests
         for line in k.lines:  # keys never reach the logs
             assert "k-acme-1" not in line and "k-initech" not in line, line
     a.close()
@@ -195,6 +201,8 @@ def test_validation():
     routes = ("  - path: /orders\n    upstream: a\n    validate:\n      methods: [POST]\n"
               "      content_types: [application/json]\n      max_body: 1KiB\n"
               "      require_headers: [X-Tenant]\n      schema: %s/order.json\n"
+              "  - path: /small\n    handler: echo\n    max_body: 10\n"
+              "  - rate_limit: {rate: 5/s}\n    name: early\n    path: /early\n    handler: echo\n"
               "  - path: /inline\n    handler: echo\n    validate:\n      schema:\n"
               "        type: object\n        required: [n]\n        properties:\n"
               "          n: {type: integer, maximum: 10}\n" % d)
@@ -221,6 +229,10 @@ def test_validation():
                                extra="X-Tenant: t\r\n"))
         assert r.status == 422 and r.json()["keyword"] == "additionalProperties", r
         assert a.count() == 1, a.requests  # only the valid order reached the upstream
+        r, _ = request(k, post("/small", '{"a":"0123456789"}'))
+        assert r.status == 413, r  # a handler route's max_body
+        r, _ = request(k, post("/early", '{"a":1}'))
+        assert r.status == 200 and r.header("ratelimit-limit") == "5", r
         r, _ = request(k, post("/inline", '{"n": 3}'))
         assert r.status == 200 and r.body == b'{"n":3}', r
         r, _ = request(k, post("/inline", '{"n": 30}'))

@@ -414,6 +414,7 @@ def test_gateway_streams_through_tls():
             r = Reader(s)
             j = r.response().json()
             assert j["body_len"] == size, j
+            assert ["X-Forwarded-Proto", "https"] in j["headers"], j["headers"]
             s.sendall(get("/big/%d" % size))
             while b"\r\n\r\n" not in r.buf:
                 r._fill()
