@@ -141,6 +141,7 @@ typedef struct kl_gw {
   struct kl_gw_worker *wk;       /* per worker: Redis client, rate-limit context (policy.c) */
   struct kl_cache *cache;        /* responses of routes with cache: {enabled: true} */
   uint64_t cache_memory;         /* top-level cache.memory */
+  uint8_t cache_redis;           /* cache.redis: a shared second tier in `redis:` */
   kl_gw_upstream *ups;
   uint32_t nups;
   kl_gw_route *routes;
@@ -207,6 +208,10 @@ void kl_gw_ref(kl_gw *gw, unsigned worker, int delta);
  * client of it; the last worker to do so frees it. Returns 1 when the worker released it.
  */
 int kl_gw_release(kl_gw *gw, unsigned worker, int (*unlink)(void *arg, kl_gw *gw), void *arg);
+
+/** Worker-side: this worker's Redis client of `gw` (made on first use); NULL without `redis:`
+ *  or when it could not be made. */
+struct kl_redis *kl_gw_redis(kl_gw *gw, kl_worker *w);
 
 /** kl_gw_bind: the per-worker policy state. 0 or -ENOMEM. */
 int kl_gw_workers_new(kl_gw *gw, unsigned n);

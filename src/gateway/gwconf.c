@@ -769,7 +769,12 @@ static int top_cache_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg
   if (!s) return -EINVAL;
   if (!strcmp(k, "memory"))
     return kl_conf_size(s, &gw->cache_memory, msg, sizeof msg) ? gerr(L, v, "cache.memory: %s", msg) : 0;
-  return gerr(L, v, "cache: unknown key '%s' (memory)", k);
+  if (!strcmp(k, "redis")) {
+    if (!strcmp(s, "true") || !strcmp(s, "on")) gw->cache_redis = 1;
+    else if (strcmp(s, "false") && strcmp(s, "off")) return gerr(L, v, "cache.redis: '%s' is not true or false", s);
+    return 0;
+  }
+  return gerr(L, v, "cache: unknown key '%s' (memory, redis)", k);
 }
 
 static int top_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg) {
@@ -842,6 +847,10 @@ kl_gw *kl_gw_load(const char *path, const kl_gw_handler *handlers, size_t nhandl
     for (uint32_t i = 0; rc == 0 && i < gw->nroutes; i++)
       if (gw->routes[i].cache_on && gw->routes[i].cache_max_object > max_object)
         max_object = gw->routes[i].cache_max_object;
+    if (rc == 0 && gw->cache_redis && !gw->redis) {
+      snprintf(err, errlen, "%s: cache.redis needs a top-level redis: {address: ...}", path);
+      rc = -EINVAL;
+    }
     if (rc == 0 && max_object) {
       kl_cache_conf cc = {.max_bytes = gw->cache_memory ? gw->cache_memory : 64u << 20,
                           .max_object = max_object};

@@ -51,18 +51,26 @@ void kl_gw_worker_close(kl_gw *gw, unsigned worker) {
   g->rl = NULL;
 }
 
+struct kl_redis *kl_gw_redis(kl_gw *gw, kl_worker *w) {
+  kl_gw_worker *g = gw_worker(gw, w);
+  char err[256];
+  if (!g || !gw->redis || g->failed) return g ? g->redis : NULL;
+  if (!g->redis && !(g->redis = kl_redis_new(&w->loop, gw->redis, err, sizeof err))) {
+    g->failed = 1;
+    keel_log(w->srv, KEEL_LOG_ERROR,
+             "redis client unavailable: global limits use their fallback, the cache stays local",
+             "error", err, NULL);
+  }
+  return g->redis;
+}
+
 /* The worker's decision context; NULL only when out of memory. */
 static kl_rl_worker *rl_worker(kl_gw *gw, kl_worker *w) {
   kl_gw_worker *g = gw_worker(gw, w);
   if (!g) return NULL;
   if (g->rl) return g->rl;
   char err[256];
-  if (gw->redis && !g->failed && !(g->redis = kl_redis_new(&w->loop, gw->redis, err, sizeof err))) {
-    g->failed = 1;
-    keel_log(w->srv, KEEL_LOG_ERROR, "redis client unavailable: global limits use their fallback",
-             "error", err, NULL);
-  }
-  kl_rl_worker *rw = kl_rl_worker_new(gw->rl_table, g->redis,
+  kl_rl_worker *rw = kl_rl_worker_new(gw->rl_table, kl_gw_redis(gw, w),
                                       gw->redis ? gw->redis->max_in_flight : 1, err, sizeof err);
   __atomic_store_n(&g->rl, rw, __ATOMIC_RELEASE); /* scrapes read it (gwstats.c) */
   return rw;

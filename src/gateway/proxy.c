@@ -13,6 +13,7 @@
 #include <netinet/tcp.h>
 
 #include "gateway/cache.h"
+#include "gateway/redis.h"
 #include "http/server_internal.h"
 #include "http/tls.h"
 
@@ -94,6 +95,7 @@ struct kl_proxy_req {
   size_t cache_hdrs_len;
   kl_buf cache_body;        /* the body, up to the route's max_object */
   const char *tenant;       /* the API key's tenant (auth:): part of the cache key */
+  uint8_t redis_wait;       /* asking the cache's Redis tier (cancelled: the reply frees) */
   char cache_host[320];     /* "tenant\nhost" when there is a tenant */
   /* Tracing: a CLIENT span per attempt, child of the request's SERVER span. */
   size_t tp_off;            /* where the traceparent's parent id sits in `head`; 0: none */
@@ -628,6 +630,10 @@ static void on_drained(void *arg) {
 
 static void on_cancel(void *arg) {
   kl_proxy_req *pr = arg;
+  if (pr->redis_wait) {
+    pr->cancelled = 1; /* the Redis reply comes within its timeout and frees it */
+    return;
+  }
   if (pr->cache_wait && !kl_cache_unwait(pr->r->gw->cache, &pr->waiter)) {
     pr->cancelled = 1; /* the wake is under way: cache_woken frees it */
     return;
@@ -833,6 +839,8 @@ static void serve_entry(kl_proxy_req *pr, kl_cache_entry *e) {
 
 static void go_upstream(kl_proxy_req *pr);
 static void cache_woken(void *arg);
+static int rcache_get(kl_proxy_req *pr, keel_req *req, const kl_cache_req *cr);
+static void rcache_put(kl_proxy_req *pr, const kl_cache_req *cr);
 
 /* The cache's wake, on the leader's thread: the waiter's own worker takes it from there. */
 static void cache_wake(void *arg, int outcome) {
@@ -841,8 +849,20 @@ static void cache_wake(void *arg, int outcome) {
   if (kl_worker_post(pr->w, cache_woken, pr) != 0) cache_woken(pr); /* no memory: best effort */
 }
 
-/* Looks the request up: 1 when it is answered or waits for another's fill, 0 to go
- * upstream (as the leader that fills the entry, or past the cache). */
+/* The answer will come from the upstream: it says so. */
+static void add_miss(kl_proxy_req *pr) {
+  static const char miss[] = "X-Cache: MISS\r\n";
+  char *x = realloc(pr->extra, pr->extra_len + sizeof(miss));
+  if (x) {
+    memcpy(x + pr->extra_len, miss, sizeof(miss) - 1);
+    pr->extra = x;
+    pr->extra_len += sizeof(miss) - 1;
+  }
+}
+
+/* Looks the request up: 1 when it is answered or waits (for another's fill, or for Redis), 0
+ * to go upstream (as the leader that fills the entry, or past the cache). `may_wait` 1: may
+ * wait for another request's fill; 0: not; -1: not, nor ask Redis. */
 static int cache_lookup(kl_proxy_req *pr, keel_req *req, int may_wait) {
   kl_cache_req cr;
   kl_cache_entry *e = NULL;
@@ -850,7 +870,7 @@ static int cache_lookup(kl_proxy_req *pr, keel_req *req, int may_wait) {
   cache_req_of(pr, req, &cr);
   pr->waiter.wake = cache_wake;
   pr->waiter.arg = pr;
-  int res = kl_cache_lookup(pr->r->gw->cache, &cr, may_wait ? &pr->waiter : NULL,
+  int res = kl_cache_lookup(pr->r->gw->cache, &cr, may_wait > 0 ? &pr->waiter : NULL,
                             pr->w->loop.now, &e, &t);
   if (res == KL_CACHE_HIT) {
     serve_entry(pr, e);
@@ -861,14 +881,151 @@ static int cache_lookup(kl_proxy_req *pr, keel_req *req, int may_wait) {
     return 1;
   }
   if (res == KL_CACHE_LEADER) pr->ticket = t;
-  static const char miss[] = "X-Cache: MISS\r\n";
-  char *x = realloc(pr->extra, pr->extra_len + sizeof(miss));
-  if (x) {
-    memcpy(x + pr->extra_len, miss, sizeof(miss) - 1);
-    pr->extra = x;
-    pr->extra_len += sizeof(miss) - 1;
-  }
+  if (res == KL_CACHE_LEADER && may_wait >= 0 && rcache_get(pr, req, &cr)) return 1;
+  add_miss(pr);
   return 0;
+}
+
+/* ---- the cache's Redis tier ----------------------------------------------------------- */
+
+/*
+ * With `cache: {redis: true}`, a local miss asks Redis before the upstream, and a response the
+ * local cache stored is also written there (SET with PX: its remaining freshness), so every
+ * keel behind one Redis shares what any of them fetched. Value: "KC1", status (2 bytes), the
+ * Unix ms it was stored (8), its Age then (4), header length (4), headers, body. Responses with
+ * Vary stay local. A Redis error or timeout is a miss: the upstream answers.
+ */
+#define RC_HDR 21
+
+static size_t rcache_key(const kl_cache_req *cr, char *out, size_t cap) {
+  int n = snprintf(out, cap, "keel:cache:%.*s\n%.*s?%.*s", (int)cr->host_len, cr->host,
+                   (int)cr->path_len, cr->path, (int)cr->query_len, cr->query ? cr->query : "");
+  return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+static uint64_t unix_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void rcache_got(void *arg, const kl_redis_reply *rep) {
+  kl_proxy_req *pr = arg;
+  pr->redis_wait = 0;
+  keel_req *req = pr->cancelled ? NULL : kl_stream_req(&pr->d);
+  if (!req) {
+    pr_free(pr);
+    return;
+  }
+  const unsigned char *b = (const unsigned char *)rep->str;
+  if (rep->err == 0 && rep->type == KL_REDIS_STRING && rep->len >= RC_HDR &&
+      memcmp(b, "KC1", 3) == 0 && pr->ticket) {
+    uint16_t status;
+    uint64_t stored;
+    uint32_t age0, hlen;
+    memcpy(&status, b + 3, 2);
+    memcpy(&stored, b + 5, 8);
+    memcpy(&age0, b + 13, 4);
+    memcpy(&hlen, b + 17, 4);
+    if (hlen <= rep->len - RC_HDR) {
+      uint64_t now = unix_ms(), age = age0 + (now > stored ? (now - stored) / 1000 : 0);
+      size_t cap = hlen + 32;
+      char *h = malloc(cap);
+      if (h) { /* its age so far, so that the local copy expires with the shared one */
+        int n = snprintf(h, cap, "Age: %llu\r\n", (unsigned long long)age);
+        memcpy(h + n, b + RC_HDR, hlen);
+        kl_cache_req cr;
+        cache_req_of(pr, req, &cr);
+        kl_cache_resp resp = {status, h, (size_t)n + hlen, (const char *)b + RC_HDR + hlen,
+                              rep->len - RC_HDR - hlen};
+        kl_cache_fill(pr->r->gw->cache, pr->ticket, &cr, &resp, pr->w->loop.now);
+        pr->ticket = NULL;
+        free(h);
+        if (cache_lookup(pr, req, -1)) return; /* served from the copy just stored */
+        go_upstream(pr); /* (cache_lookup said MISS) */
+        return;
+      }
+    }
+  }
+  add_miss(pr);
+  go_upstream(pr);
+}
+
+/* A local miss on a route whose cache has a Redis tier: 1 while Redis is asked. */
+static int rcache_get(kl_proxy_req *pr, keel_req *req, const kl_cache_req *cr) {
+  kl_redis *r = pr->r->gw->cache_redis ? kl_gw_redis(pr->r->gw, pr->w) : NULL;
+  char key[2048];
+  size_t klen = r ? rcache_key(cr, key, sizeof key) : 0;
+  (void)req;
+  if (!klen) return 0;
+  const char *argv[] = {"GET", key};
+  const size_t lens[] = {3, klen};
+  if (kl_redis_command(r, 2, argv, lens, rcache_got, pr) != 0) return 0; /* down: upstream */
+  pr->redis_wait = 1;
+  return 1;
+}
+
+static void rcache_set_done(void *arg, const kl_redis_reply *rep) {
+  (void)arg, (void)rep; /* best effort: a lost SET only means another miss elsewhere */
+}
+
+/* After the local cache stored a response: the shared copy, for its remaining freshness. */
+static void rcache_put(kl_proxy_req *pr, const kl_cache_req *cr) {
+  kl_redis *r = pr->r->gw->cache_redis ? kl_gw_redis(pr->r->gw, pr->w) : NULL;
+  char key[2048];
+  size_t klen = r ? rcache_key(cr, key, sizeof key) : 0;
+  if (!klen) return;
+  kl_cache_cc cc;
+  kl_cache_cc_init(&cc);
+  const char *h = pr->cache_hdrs, *end = h + pr->cache_hdrs_len;
+  uint32_t age0 = 0;
+  size_t keep = 0;
+  char *hdrs = malloc(pr->cache_hdrs_len + 1);
+  if (!hdrs) return;
+  while (h < end) { /* the lines a shared copy keeps (no Age, Date, Set-Cookie) */
+    const char *eol = memchr(h, '\n', (size_t)(end - h));
+    size_t len = eol ? (size_t)(eol - h) + 1 : (size_t)(end - h);
+    const char *colon = memchr(h, ':', len);
+    size_t nl = colon ? (size_t)(colon - h) : 0;
+    const char *v = colon ? colon + 1 : h;
+    size_t vl = colon ? len - nl - 1 : 0;
+    while (vl && (*v == ' ')) v++, vl--;
+    while (vl && (v[vl - 1] == '\n' || v[vl - 1] == '\r' || v[vl - 1] == ' ')) vl--;
+    if (kl_http_name_eq(h, nl, "vary")) {
+      free(hdrs);
+      return; /* variants stay local */
+    }
+    if (kl_http_name_eq(h, nl, "cache-control")) kl_cache_cc_parse(&cc, v, vl);
+    if (kl_http_name_eq(h, nl, "age")) age0 = (uint32_t)strtoul(v, NULL, 10);
+    if (!kl_http_name_eq(h, nl, "age") && !kl_http_name_eq(h, nl, "date") &&
+        !kl_http_name_eq(h, nl, "set-cookie")) {
+      memcpy(hdrs + keep, h, len);
+      keep += len;
+    }
+    h += len;
+  }
+  int64_t life = cc.s_maxage >= 0 ? cc.s_maxage : cc.max_age;
+  size_t vlen = RC_HDR + keep + pr->cache_body.len;
+  char *val = life > (int64_t)age0 ? malloc(vlen) : NULL;
+  if (val) {
+    uint16_t st = (uint16_t)pr->resp.status;
+    uint64_t now = unix_ms();
+    uint32_t hl = (uint32_t)keep;
+    memcpy(val, "KC1", 3);
+    memcpy(val + 3, &st, 2);
+    memcpy(val + 5, &now, 8);
+    memcpy(val + 13, &age0, 4);
+    memcpy(val + 17, &hl, 4);
+    memcpy(val + RC_HDR, hdrs, keep);
+    if (pr->cache_body.len) memcpy(val + RC_HDR + keep, pr->cache_body.data, pr->cache_body.len);
+    char ttl[24];
+    int tl = snprintf(ttl, sizeof ttl, "%lld", (long long)(life - (int64_t)age0) * 1000);
+    const char *argv[] = {"SET", key, val, "PX", ttl};
+    const size_t lens[] = {3, klen, vlen, 2, (size_t)tl};
+    kl_redis_command(r, 5, argv, lens, rcache_set_done, NULL);
+    free(val);
+  }
+  free(hdrs);
 }
 
 static void cache_woken(void *arg) {
@@ -949,7 +1106,8 @@ static void response_done(kl_proxy_req *pr, int reusable) {
       cache_req_of(pr, req, &cr);
       kl_cache_resp resp = {pr->resp.status, pr->cache_hdrs, pr->cache_hdrs_len,
                             pr->cache_body.data, pr->cache_body.len};
-      kl_cache_fill(pr->r->gw->cache, pr->ticket, &cr, &resp, pr->w->loop.now);
+      if (kl_cache_fill(pr->r->gw->cache, pr->ticket, &cr, &resp, pr->w->loop.now) == 1)
+        rcache_put(pr, &cr);
     } else {
       kl_cache_abandon(pr->r->gw->cache, pr->ticket);
     }

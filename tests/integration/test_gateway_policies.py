@@ -241,5 +241,37 @@ def test_validation():
     shutil.rmtree(d)
 
 
+def test_cache_shared_through_redis():
+    """Two keel processes behind one Redis: what one fetched, the other serves (X-Cache: HIT)
+    without asking the upstream; with Redis gone, each still serves (its own copy, or upstream)."""
+    rd = Redis()
+    a = Upstream("a")
+    try:
+        cfg = gw({"a": [a.port]}, "  - prefix: /cache/\n    upstream: a\n    cache: {}\n",
+                 extra="redis: {address: 127.0.0.1:%d, timeout: 50ms}\ncache: {redis: true}\n"
+                 % rd.port)
+        with Keel(config=cfg) as k1, Keel(config=cfg) as k2:
+            r1, _ = request(k1, get("/cache/0/shared"))
+            assert r1.status == 200 and r1.header("x-cache") == "MISS", r1
+            deadline = time.time() + 2
+            while True:  # the SET is asynchronous
+                r2, _ = request(k2, get("/cache/0/shared"))
+                if r2.header("x-cache") == "HIT" or time.time() > deadline:
+                    break
+                time.sleep(0.05)
+            assert r2.header("x-cache") == "HIT" and r2.body == r1.body, r2
+            assert r2.header("age") is not None, r2
+            assert a.count() <= 2, a.count()  # k2 may have missed once before the SET landed
+            n = a.count()
+            r3, _ = request(k2, get("/cache/0/shared"))  # now in k2's own memory
+            assert r3.header("x-cache") == "HIT" and a.count() == n, r3
+            rd.stop()
+            r4, _ = request(k1, get("/cache/0/other"))  # Redis down: a miss goes upstream
+            assert r4.status == 200 and r4.header("x-cache") == "MISS", r4
+    finally:
+        rd.stop()
+        a.close()
+
+
 if __name__ == "__main__":
     Suite().run(globals())
