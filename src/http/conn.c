@@ -668,11 +668,9 @@ static const kl_route *conn_find_route(kl_conn *c, char *allow, size_t allowlen)
 
 /* The metrics slot of a request on route `r` (NULL: unmatched). */
 static uint32_t conn_slot(const kl_conn *c, const kl_route *r, const char *base) {
-  kl_worker *w = c->w;
+  if (r && !r->gw) return r->slot + (c->head.is_head && r->method[0] == 'G'); /* HEAD on GET */
   unsigned mi = kl_stats_method(base + c->head.method_off, c->head.method_len);
-  if (!r) return w->srv->stats.unmatched + mi;
-  if (r->gw) return kl_gw_slot(r->gw, mi);
-  return r->slot + (c->head.is_head && r->method[0] == 'G'); /* HEAD on a GET route */
+  return r ? kl_gw_slot(r->gw, mi) : c->w->srv->stats.unmatched + mi;
 }
 
 /* Makes the worker's header array describe this connection's current request again. */
