@@ -13,7 +13,9 @@ deps:
 $(BUILD)/build.ninja:
 	cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS)
 
+# Configuring again is quick and refreshes the commit label (keel version, keel_build_info).
 build: $(BUILD)/build.ninja
+	@cmake -S . -B $(BUILD) $(CMAKE_FLAGS) > /dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
 # Serve with the embedded defaults on 127.0.0.1:8080.
