@@ -279,6 +279,15 @@ int kl_otlp_http_routes(keel_server *srv, unsigned listener) {
   return 0;
 }
 
+int kl_otlp_http_handlers(keel_server *srv) {
+  static const char *const names[KL_SIG_COUNT] = {"otlp_logs", "otlp_traces", "otlp_metrics"};
+  for (int s = 0; s < KL_SIG_COUNT; s++) {
+    int rc = keel_handler_register(srv, names[s], otlp_handler, (void *)(uintptr_t)&signals[s]);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
 int kl_otlp_http_worker_init(kl_worker *w) {
   kl_otlp_worker *o = calloc(1, sizeof(*o));
   if (!o) return -ENOMEM;

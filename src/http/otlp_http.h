@@ -10,6 +10,10 @@ typedef struct kl_otlp_worker kl_otlp_worker;
 /** Adds POST /v1/logs, /v1/traces, /v1/metrics on `listener` (main thread, before run). */
 int kl_otlp_http_routes(keel_server *srv, unsigned listener);
 
+/** Names the receiver's handlers for gateway routes (`handler: otlp_logs|otlp_traces|
+ *  otlp_metrics`), so OTLP can also arrive on the main listener. Pipeline on only. */
+int kl_otlp_http_handlers(keel_server *srv);
+
 /** Worker thread, at start: its eventfd, queue and scratch; registers with the pipeline. */
 int kl_otlp_http_worker_init(kl_worker *w);
 

@@ -240,6 +240,10 @@ keel_server *keel_server_new(const keel_config *cfg, char *err, size_t errlen) {
     }
     srv->listeners[l].body_budget = cfg->buffer_memory_bytes;
   }
+  if (cfg->pipeline_enabled && kl_otlp_http_handlers(srv) != 0) {
+    snprintf(err, errlen, "out of memory");
+    goto fail;
+  }
   if (cfg->admin_listen[0]) {
     int l = kl_server_listen(srv, "admin", cfg->admin_listen, 0, err, errlen);
     if (l < 0 || kl_route_add(srv, (unsigned)l, "POST", "/-/reload", admin_reload, srv,

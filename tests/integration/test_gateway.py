@@ -622,5 +622,36 @@ def test_dns_names_are_resolved_again():
     shutil.rmtree(d)
 
 
+def test_otlp_receiver_as_a_route():
+    """The OTLP/HTTP receiver behind a gateway route on the main listener: records land in the
+    pipeline (here its file sink) and the answer is the receiver's own."""
+    cfg = ("workers: 1\nroutes:\n  - path: /otel/v1/logs\n    handler: otlp_logs\n"
+           "    auth: {api_keys: %s}\n")
+    d = tempfile.mkdtemp(prefix="keel-otlp-route-")
+    with open(d + "/keys", "w") as f:
+        f.write("team-a k-otel\n")
+    body = json.dumps({"resourceLogs": [{"resource": {"attributes": [
+        {"key": "service.name", "value": {"stringValue": "via-gateway"}}]},
+        "scopeLogs": [{"logRecords": [{"body": {"stringValue": "one"}},
+                                      {"body": {"stringValue": "two"}}]}]}]})
+    with Keel(config=cfg % (d + "/keys")) as k:
+        r, _ = request(k, post("/otel/v1/logs", body))
+        assert r.status == 401, r  # the route's API keys come first
+        r, _ = request(k, post("/otel/v1/logs", body, extra="X-API-Key: k-otel\r\n"))
+        assert r.status == 200 and r.json() == {}, r
+        deadline = time.time() + 5
+        out = os.path.join(k.data_dir, "out")
+        while True:
+            lines = []
+            for name in os.listdir(out) if os.path.isdir(out) else []:
+                with open(os.path.join(out, name)) as f:
+                    lines += [l for l in f if "via-gateway" in l]
+            if len(lines) == 2 or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        assert len(lines) == 2, lines
+    shutil.rmtree(d)
+
+
 if __name__ == "__main__":
     Suite().run(globals())

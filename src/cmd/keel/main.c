@@ -116,7 +116,8 @@ int main(int argc, char **argv) {
       return 2;
     }
     if (load_config(&cfg, file, listen, workers)) return 1;
-    static const char *const handlers[] = {"hello", "echo", NULL};
+    static const char *const handlers[] = {"hello", "echo", "otlp_logs", "otlp_traces",
+                                           "otlp_metrics", NULL};
     char err[512];
     int routes = keel_gateway_check(file, handlers, err, sizeof(err));
     if (routes < 0) {
