@@ -941,18 +941,22 @@ typedef struct loader {
   bool seen_sec[NKEYS]; /* sections opened, indexed by their first key */
 } loader;
 
+int kl_conf_verr(char *err, size_t errlen, const char *path, size_t line0, const char *fmt,
+                 va_list ap) {
+  if (!err || errlen == 0) return -EINVAL;
+  int w = snprintf(err, errlen, "%s:%zu: ", path, line0 + 1);
+  if (w >= 0 && (size_t)w < errlen) vsnprintf(err + w, errlen - (size_t)w, fmt, ap);
+  return -EINVAL;
+}
+
 /* "FILE:LINE: message"; `line0` is a 0-based libyaml mark line. */
 __attribute__((format(printf, 3, 4))) static int yerr(loader *L, size_t line0, const char *fmt,
                                                      ...) {
-  if (!L->err || L->errlen == 0) return -EINVAL;
-  int w = snprintf(L->err, L->errlen, "%s:%zu: ", L->path, line0 + 1);
-  if (w >= 0 && (size_t)w < L->errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(L->err + w, L->errlen - (size_t)w, fmt, ap);
-    va_end(ap);
-  }
-  return -EINVAL;
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = kl_conf_verr(L->err, L->errlen, L->path, line0, fmt, ap);
+  va_end(ap);
+  return rc;
 }
 
 /* The 0-based line of byte `offset` (libyaml's reader errors carry only an offset). */

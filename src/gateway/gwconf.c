@@ -37,14 +37,11 @@ typedef struct gwl {
 
 __attribute__((format(printf, 3, 4))) static int gerr(gwl *L, const yaml_node_t *n,
                                                      const char *fmt, ...) {
-  int w = snprintf(L->err, L->errlen, "%s:%zu: ", L->path, n ? n->start_mark.line + 1 : 0);
-  if (w >= 0 && (size_t)w < L->errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(L->err + w, L->errlen - (size_t)w, fmt, ap);
-    va_end(ap);
-  }
-  return -EINVAL;
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = kl_conf_verr(L->err, L->errlen, L->path, n ? n->start_mark.line : 0, fmt, ap);
+  va_end(ap);
+  return rc;
 }
 
 static const yaml_node_t *node(gwl *L, int id) { return yaml_document_get_node(&L->doc, id); }
