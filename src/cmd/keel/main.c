@@ -124,7 +124,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "keel: %s\n", err);
       return 1;
     }
-    printf("%s: ok (%d gateway routes)\n", file, routes);
+    printf("%s: ok (%d gateway route%s)\n", file, routes, routes == 1 ? "" : "s");
     return 0;
   }
   if (strcmp(cmd, "serve") != 0) {
