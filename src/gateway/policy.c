@@ -24,7 +24,6 @@ typedef struct hold {
   kl_deferred d;
   const kl_gw_route *r;
   const char *tenant; /* the keyring's, which lives as long as the route */
-  uint8_t stream;    /* held with kl_req_stream (a streamed route), else kl_req_defer */
   uint8_t cancelled; /* the client went away: the decision only frees this */
   uint8_t waiting;   /* the decision is still to come */
 } hold;
@@ -168,8 +167,6 @@ static int validate(keel_req *req, const kl_gw_route *r) {
 
 /* ---- rate limits ---------------------------------------------------------------------- */
 
-static void hold_free(hold *h) { free(h); }
-
 static size_t hold_body(void *arg, const char *p, size_t len, int end) {
   (void)arg, (void)p, (void)len, (void)end;
   return 0; /* the body waits for the decision */
@@ -178,7 +175,7 @@ static void hold_drained(void *arg) { (void)arg; }
 static void hold_cancel(void *arg) {
   hold *h = arg;
   h->cancelled = 1;
-  if (!h->waiting) hold_free(h);
+  if (!h->waiting) free(h);
 }
 static void hold_cancel_id(void *arg, uint64_t id) {
   (void)id;
@@ -191,14 +188,13 @@ static void decided(void *arg, const kl_rl_decision *d) {
   hold *h = arg;
   h->waiting = 0;
   if (h->cancelled) {
-    hold_free(h);
+    free(h);
     return;
   }
   kl_deferred dd = h->d;
   const kl_gw_route *r = h->r;
   const char *tenant = h->tenant;
-  int stream = h->stream;
-  hold_free(h);
+  free(h);
   keel_req *req = kl_deferred_req(&dd);
   if (!req) return;
   if (!d->allowed || validate(req, r) != 0) {
@@ -206,7 +202,6 @@ static void decided(void *arg, const kl_rl_decision *d) {
     kl_deferred_finish(&dd);
     return;
   }
-  (void)stream;
   act(req, r, d, tenant); /* a streamed request: the proxy takes it over (a new handle) */
   kl_deferred_finish(&dd); /* answered here, or a no-op once the proxy has it */
 }
@@ -288,8 +283,7 @@ void kl_gw_policy_handler(keel_req *req, void *route) {
         }
         dp = &d;
       } else { /* Redis answers later: the request waits, its body unread */
-        h->stream = (r->rt.flags & KL_ROUTE_STREAM) != 0;
-        if (h->stream) kl_req_stream(req, &h->d, &hold_ops, h);
+        if (r->rt.flags & KL_ROUTE_STREAM) kl_req_stream(req, &h->d, &hold_ops, h);
         else kl_req_defer(req, &h->d, w->srv->cfg.header_timeout_ms, hold_cancel_id, h);
         return;
       }

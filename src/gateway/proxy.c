@@ -839,7 +839,7 @@ static void serve_entry(kl_proxy_req *pr, kl_cache_entry *e) {
 
 static void go_upstream(kl_proxy_req *pr);
 static void cache_woken(void *arg);
-static int rcache_get(kl_proxy_req *pr, keel_req *req, const kl_cache_req *cr);
+static int rcache_get(kl_proxy_req *pr, const kl_cache_req *cr);
 static void rcache_put(kl_proxy_req *pr, const kl_cache_req *cr);
 
 /* The cache's wake, on the leader's thread: the waiter's own worker takes it from there. */
@@ -881,7 +881,7 @@ static int cache_lookup(kl_proxy_req *pr, keel_req *req, int may_wait) {
     return 1;
   }
   if (res == KL_CACHE_LEADER) pr->ticket = t;
-  if (res == KL_CACHE_LEADER && may_wait >= 0 && rcache_get(pr, req, &cr)) return 1;
+  if (res == KL_CACHE_LEADER && may_wait >= 0 && rcache_get(pr, &cr)) return 1;
   add_miss(pr);
   return 0;
 }
@@ -952,11 +952,10 @@ static void rcache_got(void *arg, const kl_redis_reply *rep) {
 }
 
 /* A local miss on a route whose cache has a Redis tier: 1 while Redis is asked. */
-static int rcache_get(kl_proxy_req *pr, keel_req *req, const kl_cache_req *cr) {
+static int rcache_get(kl_proxy_req *pr, const kl_cache_req *cr) {
   kl_redis *r = pr->r->gw->cache_redis ? kl_gw_redis(pr->r->gw, pr->w) : NULL;
   char key[2048];
   size_t klen = r ? rcache_key(cr, key, sizeof key) : 0;
-  (void)req;
   if (!klen) return 0;
   const char *argv[] = {"GET", key};
   const size_t lens[] = {3, klen};
@@ -1123,6 +1122,12 @@ static void response_done(kl_proxy_req *pr, int reusable) {
   kl_stream_end(&d);
 }
 
+/* Drops the first n bytes of what the upstream sent (handled). */
+static void uc_consume(kl_upconn *uc, size_t n) {
+  memmove(uc->in.data, uc->in.data + n, uc->in.len - n);
+  uc->in.len -= n;
+}
+
 /* Forwards buffered body bytes; returns 1 when the response is complete. */
 static int forward_body(kl_proxy_req *pr) {
   kl_upconn *uc = pr->uc;
@@ -1136,8 +1141,7 @@ static int forward_body(kl_proxy_req *pr) {
     cache_keep(pr, uc->in.data, pr->resp_wpos);
     int w = kl_stream_write(&pr->d, uc->in.data, pr->resp_wpos);
     if (w < 0) return -1;
-    memmove(uc->in.data, uc->in.data + pr->resp_rpos, uc->in.len - pr->resp_rpos);
-    uc->in.len -= pr->resp_rpos;
+    uc_consume(uc, pr->resp_rpos);
     pr->resp_rpos = pr->resp_wpos = 0;
     if (w == 1) pr->paused = 1;
     if (rc == 1) return uc->in.len == 0 ? 1 : 2;
@@ -1148,8 +1152,7 @@ static int forward_body(kl_proxy_req *pr) {
   cache_keep(pr, uc->in.data, n);
   int w = kl_stream_write(&pr->d, uc->in.data, n);
   if (w < 0) return -1;
-  memmove(uc->in.data, uc->in.data + n, uc->in.len - n);
-  uc->in.len -= n;
+  uc_consume(uc, n);
   if (w == 1) pr->paused = 1;
   if (r->has_length) {
     pr->resp_left -= n;
@@ -1180,8 +1183,7 @@ static int on_readable(kl_proxy_req *pr) {
         return 0;
       }
       /* Interim answers (100 Continue) are the proxy's business, not the client's. */
-      memmove(uc->in.data, uc->in.data + pr->resp.head_len, uc->in.len - pr->resp.head_len);
-      uc->in.len -= pr->resp.head_len;
+      uc_consume(uc, pr->resp.head_len);
       pr->resp_scanned = 0;
       continue;
     }
@@ -1198,8 +1200,7 @@ static int on_readable(kl_proxy_req *pr) {
       kl_stream_abort(&d);
       return 0;
     }
-    memmove(uc->in.data, uc->in.data + pr->resp.head_len, uc->in.len - pr->resp.head_len);
-    uc->in.len -= pr->resp.head_len;
+    uc_consume(uc, pr->resp.head_len);
     pr->resp_left = pr->resp.content_length;
     kl_chunked_init(&pr->resp_chunked);
     pr->resp_rpos = pr->resp_wpos = 0;

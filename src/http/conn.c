@@ -1060,7 +1060,6 @@ void kl_stream_abort(const kl_deferred *d) {
   conn_close(c);
 }
 
-const char *kl_deferred_peer(const kl_deferred *d) { return kl_conn_peer(d->conn); }
 
 /* The current request's body cap: its listener's, or its route's when lower (a gateway
  * route's validate.max_body on a buffered route). */

@@ -304,7 +304,5 @@ keel_req *kl_stream_req(const kl_deferred *d);
 void kl_stream_end(const kl_deferred *d);
 /** The response cannot be completed: closes the client connection (no ops->cancel). */
 void kl_stream_abort(const kl_deferred *d);
-/** The client's address as text and whether its connection is TLS (for X-Forwarded-*). */
-const char *kl_deferred_peer(const kl_deferred *d);
 
 #endif

@@ -94,8 +94,6 @@ class Upstream:
             h.update(take)
             got += len(take)
             buf = buf[len(take):]
-            if n <= 1 << 20:
-                pass
         return (h, got), buf
 
     def _serve(self, c):
