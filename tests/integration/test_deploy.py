@@ -531,6 +531,19 @@ def test_tls_component_probes_answer_over_https():
                 assert http_status(port, probe["path"], tls=True) == 200, "%s over HTTPS" % name
 
 
+def test_runbook_answers_every_alert():
+    with open(os.path.join(ROOT, "docs", "operations.md")) as f:
+        doc = f.read()
+    sections = set(re.findall(r"(?m)^### (Keel\w+)$", doc))
+    names = {r["alert"] for r in alert_rules()}
+    assert names == sections, "docs/operations.md: no section for %r; sections without an alert: %r" % (
+        sorted(names - sections), sorted(sections - names))
+    for part in ("**Check**", "**Fix**"):
+        for name in names:
+            body = doc.split("### " + name + "\n", 1)[1].split("\n### ", 1)[0]
+            assert part in body, "docs/operations.md, %s: no %s" % (name, part)
+
+
 # ---- compose ----
 
 def test_compose_stack_is_consistent():
