@@ -139,6 +139,7 @@ def deployment_env(objs):
 
 def effective_config(objs):
     cfg = flatten(load_yaml(EXAMPLE))
+    cfg.setdefault("admin.listen", "")  # the one key keel.example.yaml leaves to docs/gateway.md
     cfg.update(flatten(load_yaml(CONFIG)))
     by_env = {env_name(k): k for k in cfg}
     for name, value in deployment_env(objs).items():
@@ -380,7 +381,7 @@ def local_env(objs, tmp, keys=True):
             with open(os.path.join(kdir, name), "w") as f:
                 f.write(text)
     env[[k for k, v in env.items() if v == API_KEYS_DIR][0]] = kdir
-    env["KEEL_ADMIN_LISTEN"] = "127.0.0.1:0"
+    env["KEEL_ADMIN_LISTEN"] = "127.0.0.1:0"  # a free port, still on loopback
     return env
 
 
