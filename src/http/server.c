@@ -11,9 +11,11 @@
 #include <sys/socket.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "core/cpus.h"
 #include "http/otlp_http.h"
 #include "gateway/gw.h"
 #include "gateway/health.h"
@@ -751,6 +753,25 @@ static void sighup(keel_server *srv) {
              "error", err, NULL);
 }
 
+/*
+ * Raises the soft open-files limit to the hard one (container runtimes often start processes
+ * at 1024) and warns when max_connections cannot fit in it.
+ */
+static void raise_nofile(keel_server *srv) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  if (rl.rlim_cur != RLIM_INFINITY && srv->cfg.max_connections + 64u > rl.rlim_cur) {
+    char lim[24];
+    snprintf(lim, sizeof lim, "%llu", (unsigned long long)rl.rlim_cur);
+    keel_log(srv, KEEL_LOG_WARN, "max_connections is above the open-files limit: accepting "
+             "pauses while descriptors run out", "limit", lim, NULL);
+  }
+}
+
 /* Drain phases of the main thread. */
 enum { PH_RUN, PH_DELAY, PH_DRAIN, PH_DONE };
 
@@ -767,8 +788,8 @@ int keel_server_run(keel_server *srv) {
   sigdelset(&set, SIGPIPE);
   int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 
-  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-  srv->nworkers = cfg->workers ? cfg->workers : (unsigned)(ncpu > 0 ? ncpu : 1);
+  raise_nofile(srv);
+  srv->nworkers = cfg->workers ? cfg->workers : kl_cpus_usable();
   srv->workers = calloc(srv->nworkers, sizeof(*srv->workers));
   unsigned started = 0;
   int rc = 0;
