@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "core/cpus.h"
+#include "core/keys.h"
 #include "http/otlp_http.h"
 #include "gateway/gw.h"
 #include "gateway/health.h"
@@ -672,13 +673,16 @@ static int tracer_start(keel_server *srv) {
   return 0;
 }
 
-/* SIGHUP: TLS certificates are read again (new connections get them; open ones keep theirs).
- * The rest of the configuration is not reloaded yet. Main thread. */
+/* SIGHUP / POST /-/reload: the config file is checked whole, then the gateway, the TLS
+ * certificates (new connections get them; open ones keep theirs) and otlp.api_keys are read
+ * again and swapped in together; anything failing leaves all of them as they were. The rest
+ * of the configuration needs a restart. Main thread or the admin worker. */
 int kl_server_reload(keel_server *srv, char *err, size_t errlen) {
   pthread_mutex_lock(&srv->reload_lock);
   int rc = 0;
   kl_gw *gw = NULL, *old = srv->gw;
   kl_gw_health *health = NULL;
+  kl_keyring *keys = NULL;
   keel_config tmp;
   keel_config_init(&tmp);
   if (srv->config_path && (keel_config_load_file(&tmp, srv->config_path, err, errlen) ||
@@ -701,6 +705,15 @@ int kl_server_reload(keel_server *srv, char *err, size_t errlen) {
     }
     kl_gw_adopt_slots(gw, old, srv->reloaded_slot);
   }
+  /* otlp.api_keys: read again with the file (rotated keys take effect without a restart). */
+  const char *key_path = srv->config_path ? tmp.otlp_api_keys : srv->cfg.otlp_api_keys;
+  int set_keys = srv->pipeline != NULL;
+  char ke[320];
+  if (set_keys && key_path[0] && !(keys = kl_keyring_load(key_path, ke, sizeof ke))) {
+    snprintf(err, errlen, "otlp.api_keys: %s", ke);
+    rc = -EINVAL;
+    goto out;
+  }
   if (srv->tls) {
     kl_tls_server_config tc = {tmp.tls_cert, tmp.tls_key, tmp.tls_client_ca,
                                tmp.tls_client_auth};
@@ -710,6 +723,10 @@ int kl_server_reload(keel_server *srv, char *err, size_t errlen) {
       rc = -EINVAL;
       goto out;
     }
+  }
+  if (set_keys) {
+    kl_pipeline_set_keys(srv->pipeline, keys);
+    keys = NULL;
   }
   if (gw) { /* swap: new requests take the new routes; the old gateway retires */
     __atomic_store_n(&srv->gw, gw, __ATOMIC_RELEASE);
@@ -731,6 +748,7 @@ int kl_server_reload(keel_server *srv, char *err, size_t errlen) {
     gw = NULL;
   }
 out:
+  kl_keyring_free(keys);
   kl_gw_health_stop(health);
   kl_gw_free(gw);
   atomic_fetch_add(rc ? &srv->reloads_failed : &srv->reloads_ok, 1);
@@ -740,8 +758,8 @@ out:
 
 static void sighup(keel_server *srv) {
   char err[512];
-  if (!srv->config_path && !srv->tls) {
-    keel_log(srv, KEEL_LOG_WARN, "SIGHUP ignored: no config file or TLS to reload", NULL);
+  if (!srv->config_path && !srv->tls && !srv->cfg.otlp_api_keys[0]) {
+    keel_log(srv, KEEL_LOG_WARN, "SIGHUP ignored: no config file, TLS or API keys to reload", NULL);
     return;
   }
   if (kl_server_reload(srv, err, sizeof err) == 0)
