@@ -743,6 +743,7 @@ static void conn_close(gconn *c) {
   nghttp2_session_del(c->h2);
   c->h2 = NULL;
   while (c->streams)
+    /* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): stream_free unlinks the head */
     stream_free(c->streams);
   c->used = 0;
   c->dirty = 0;
@@ -945,10 +946,15 @@ static int bind_listen(const char *text, int *port, char *addr, size_t addrlen, 
     return -e;
   }
   freeaddrinfo(res);
-  struct sockaddr_storage a;
+  struct sockaddr_storage a = {0};
   socklen_t alen = sizeof a;
   char h[64] = "?", p[16] = "0";
-  getsockname(fd, (struct sockaddr *)&a, &alen);
+  if (getsockname(fd, (struct sockaddr *)&a, &alen) != 0) {
+    int e = errno;
+    snprintf(err, errlen, "otlp.grpc_listen: %s: %s", text, strerror(e));
+    close(fd);
+    return -e;
+  }
   getnameinfo((struct sockaddr *)&a, alen, h, sizeof h, p, sizeof p,
               NI_NUMERICHOST | NI_NUMERICSERV);
   snprintf(addr, addrlen, a.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, p);
