@@ -29,7 +29,8 @@ status=0
 start=$(date +%s)
 # .clang-tidy sets WarningsAsErrors, so any finding makes clang-tidy, and run-clang-tidy, fail.
 if ! "$tidy" -p "$build/lint" -j "$jobs" -quiet > "$build/lint/clang-tidy.log" 2>&1; then
-  grep -E '(warning|error): ' "$build/lint/clang-tidy.log" | sort -u >&2 || cat "$build/lint/clang-tidy.log" >&2
+  sed 's/\x1b\[[0-9;]*m//g' "$build/lint/clang-tidy.log" | grep -E '(warning|error): ' | sort -u >&2 ||
+    cat "$build/lint/clang-tidy.log" >&2
   echo "lint: clang-tidy: findings above (full log: $build/lint/clang-tidy.log)" >&2
   status=1
 fi
