@@ -17,6 +17,9 @@
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
+#elif defined(__aarch64__)
+#include <arm_acle.h>
+#include <sys/auxv.h>
 #endif
 
 /*
@@ -467,6 +470,24 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t c, const uint8
     c = _mm_crc32_u8(c, *p++);
   return c;
 }
+#elif defined(__aarch64__)
+/* ARMv8 CRC32C instructions (optional before ARMv8.1: the kernel says via HWCAP_CRC32). */
+__attribute__((target("+crc"))) static uint32_t crc_hw(uint32_t c, const uint8_t *p, size_t len) {
+  while (len && ((uintptr_t)p & 7)) {
+    c = __crc32cb(c, *p++);
+    len--;
+  }
+  while (len >= 8) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    c = __crc32cd(c, v);
+    p += 8;
+    len -= 8;
+  }
+  while (len--)
+    c = __crc32cb(c, *p++);
+  return c;
+}
 #endif
 
 /* Any thread; pure. */
@@ -476,6 +497,14 @@ uint32_t kl_crc32c(uint32_t crc, const void *data, size_t len) {
   if (!len) return crc;
 #if defined(__x86_64__)
   if (__builtin_cpu_supports("sse4.2")) return ~crc_hw(c, p, len);
+#elif defined(__aarch64__)
+  static atomic_int hw = -1; /* every thread computes the same answer: relaxed is enough */
+  int has = atomic_load_explicit(&hw, memory_order_relaxed);
+  if (has < 0) {
+    has = (getauxval(AT_HWCAP) & HWCAP_CRC32) != 0;
+    atomic_store_explicit(&hw, has, memory_order_relaxed);
+  }
+  if (has) return ~crc_hw(c, p, len);
 #endif
   return ~crc_sw(c, p, len);
 }
