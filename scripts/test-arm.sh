@@ -27,7 +27,7 @@ done
 # serve on an ephemeral port; GET / and POST /echo over a real socket (tests/integration/test_smoke.py).
 KEEL_BIN="$W/keel" python3 tests/integration/test_smoke.py
 
-# Bonus (about 6 minutes): the integration tests against the emulated binaries. Left out: the ones
+# Bonus (about 5 minutes): the integration tests against the emulated binaries. Left out: the ones
 # that compile a C program against libkeel and run it on the host (test_symbols, test_trace_export,
 # test_tracing's test_public_api_for_outgoing_calls), which would need binfmt_misc.
 if [ "${KEEL_ARM_INTEGRATION:-0}" = 1 ]; then
