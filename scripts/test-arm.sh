@@ -6,8 +6,8 @@ set -eu
 cd "$(dirname "$0")/.."
 BUILD=${1:-build-arm}
 case "$BUILD" in /*) ;; *) BUILD="$PWD/$BUILD" ;; esac
-# -L /: loader, libc and dlopen()ed libraries all from the :arm64 packages (see the toolchain file).
-QEMU="qemu-aarch64 -L /"
+# As CMAKE_CROSSCOMPILING_EMULATOR in the toolchain file (why -L / and pauth-impdef: see there).
+QEMU="qemu-aarch64 -cpu max,pauth-impdef=on -L /"
 
 file -b "$BUILD/keel" | grep -q 'ARM aarch64' || { echo "test-arm: $BUILD/keel is not an aarch64 ELF" >&2; exit 1; }
 echo "test-arm: $(file -b "$BUILD/keel" | cut -d, -f1-2)"
