@@ -3,7 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps run test sanitize fuzz lint sbom bench bench-quick bench-pipeline bench-gateway clean
+.PHONY: all build deps run test test-arm sanitize fuzz lint sbom bench bench-quick bench-pipeline bench-gateway clean
 
 all: build
 
@@ -44,6 +44,15 @@ sbom: deps
 	@$(MAKE) --no-print-directory build CMAKE_FLAGS="$(CMAKE_FLAGS)"
 	python3 scripts/sbom.py $(BUILD)/keel $(BUILD)/keel.cdx.json
 
+# Cross-build for aarch64 (Debian's cross gcc, :arm64 multiarch libraries; cmake/aarch64-linux-gnu.cmake)
+# and run the unit tests, `keel version` and a serve + GET / + POST /echo smoke test under qemu-user.
+# KEEL_ARM_INTEGRATION=1 adds the integration tests under qemu.
+test-arm:
+	@scripts/deps-arm.sh
+	cmake -S . -B build-arm -G Ninja -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DKEEL_WERROR=ON
+	cmake --build build-arm -j $(JOBS)
+	scripts/test-arm.sh build-arm
+
 # Bounded libFuzzer runs over the committed corpora (FUZZ_SECONDS each).
 FUZZ_SECONDS ?= 60
 fuzz: deps
@@ -75,4 +84,4 @@ bench-gateway: deps
 	KEEL_BENCH_BUILD=$(BUILD) python3 bench/run.py --gateway-only
 
 clean:
-	rm -rf build build-asan build-fuzz build-gcc
+	rm -rf build build-asan build-fuzz build-gcc build-arm

@@ -17,6 +17,9 @@
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
+#elif defined(__aarch64__)
+#include <arm_acle.h>
+#include <sys/auxv.h>
 #endif
 
 /*
@@ -448,23 +451,33 @@ static uint32_t crc_sw(uint32_t c, const uint8_t *p, size_t len) {
   return c;
 }
 
+/* The CPU's CRC32C instructions: x86-64 SSE4.2, or ARMv8's (optional before ARMv8.1: the kernel
+ * says via HWCAP_CRC32), on the running state without the final inversion, like crc_sw(). */
 #if defined(__x86_64__)
-__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t c, const uint8_t *p, size_t len) {
+#define CRC_HW_TARGET __attribute__((target("sse4.2")))
+#define CRC_HW_U8(c, b) _mm_crc32_u8((c), (b))
+#define CRC_HW_U64(c, v) ((uint32_t)_mm_crc32_u64((c), (v)))
+#elif defined(__aarch64__)
+#define CRC_HW_TARGET __attribute__((target("+crc")))
+#define CRC_HW_U8(c, b) __crc32cb((c), (b))
+#define CRC_HW_U64(c, v) __crc32cd((c), (v))
+#endif
+
+#ifdef CRC_HW_TARGET
+CRC_HW_TARGET static uint32_t crc_hw(uint32_t c, const uint8_t *p, size_t len) {
   while (len && ((uintptr_t)p & 7)) {
-    c = _mm_crc32_u8(c, *p++);
+    c = CRC_HW_U8(c, *p++);
     len--;
   }
-  uint64_t c64 = c;
   while (len >= 8) {
     uint64_t v;
     memcpy(&v, p, 8);
-    c64 = _mm_crc32_u64(c64, v);
+    c = CRC_HW_U64(c, v);
     p += 8;
     len -= 8;
   }
-  c = (uint32_t)c64;
   while (len--)
-    c = _mm_crc32_u8(c, *p++);
+    c = CRC_HW_U8(c, *p++);
   return c;
 }
 #endif
@@ -476,6 +489,14 @@ uint32_t kl_crc32c(uint32_t crc, const void *data, size_t len) {
   if (!len) return crc;
 #if defined(__x86_64__)
   if (__builtin_cpu_supports("sse4.2")) return ~crc_hw(c, p, len);
+#elif defined(__aarch64__)
+  static atomic_int hw = -1; /* every thread computes the same answer: relaxed is enough */
+  int has = atomic_load_explicit(&hw, memory_order_relaxed);
+  if (has < 0) {
+    has = (getauxval(AT_HWCAP) & HWCAP_CRC32) != 0;
+    atomic_store_explicit(&hw, has, memory_order_relaxed);
+  }
+  if (has) return ~crc_hw(c, p, len);
 #endif
   return ~crc_sw(c, p, len);
 }

@@ -138,8 +138,8 @@ void kl_wal_close(kl_wal *w);
 
 /**
  * CRC32C (Castagnoli), as framed above; `crc` 0 to start, or a previous result to continue
- * (kl_crc32c(kl_crc32c(0, a), b) is the CRC of a then b). Uses the SSE4.2 instruction when the
- * CPU has it, else kl_crc32c_portable().
+ * (kl_crc32c(kl_crc32c(0, a), b) is the CRC of a then b). Uses the CRC32C instructions when the
+ * CPU has them (x86-64 SSE4.2, aarch64 HWCAP_CRC32), else kl_crc32c_portable().
  */
 uint32_t kl_crc32c(uint32_t crc, const void *data, size_t len);
 
