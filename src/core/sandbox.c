@@ -1,0 +1,225 @@
+/* sandbox.c - least privilege: drop to an unprivileged user, seccomp allowlist of keel's system calls. */
+#include "core/sandbox.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+/*
+ * The allowlist: every system call keel makes once its listeners are bound, found with
+ * `strace -f` over the integration tests (HTTP, TLS, the gateway and its Redis client, the
+ * pipeline with its disk buffer, Kafka through librdkafka and the file sink, the OTLP/gRPC
+ * receiver, the trace exporter, SIGHUP reload, drain, logging), plus what glibc, the dynamic
+ * loader (dlopen of libssl, librdkafka, hiredis) and the resolver use on those paths.
+ * Names the running architecture lacks (open, stat, poll on aarch64) are skipped.
+ * Not here on purpose: execve/execveat, fork/vfork (clone is allowed only without
+ * CLONE_NEWUSER-style namespace flags, see below), ptrace, mount, bpf, kexec, setuid and friends,
+ * chmod/chown, module loading, personality, keyctl, io_uring.
+ */
+static const char *const allowed[] = {
+    /* memory */
+    "brk", "mmap", "munmap", "mprotect", "mremap", "madvise", "membarrier",
+    /* threads, signals, time */
+    "exit", "exit_group", "futex", "futex_waitv", "set_robust_list",
+    "get_robust_list", "rseq", "set_tid_address", "gettid", "getpid", "tgkill", "rt_sigaction",
+    "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "restart_syscall", "sched_yield",
+    "sched_getaffinity", "nanosleep", "clock_nanosleep", "clock_gettime", "clock_getres",
+    "gettimeofday", "time", "getrandom", "prlimit64", "getrlimit", "uname", "sysinfo",
+    "getuid", "geteuid", "getgid", "getegid", "getrusage",
+    /* files: config, certificates, dlopen, the disk buffer, the file sink */
+    "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "open",
+    "openat", "close", "close_range", "lseek", "fstat", "stat", "lstat", "newfstatat", "statx",
+    "statfs", "fstatfs", "access", "faccessat", "faccessat2", "readlink", "readlinkat", "getcwd",
+    "getdents64", "fcntl", "dup", "dup2", "dup3", "flock", "fsync", "fdatasync",
+    "sync_file_range", "ftruncate", "fallocate", "unlink", "unlinkat", "rename", "renameat",
+    "renameat2", "mkdir", "mkdirat", "rmdir",
+    /* event loops */
+    "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "eventfd2",
+    "signalfd4", "poll", "ppoll", "select", "pselect6", "pipe", "pipe2",
+    /* sockets: clients, upstreams, Kafka, Redis, the resolver, the trace exporter */
+    "socket", "socketpair", "connect", "accept", "accept4", "bind", "listen", "shutdown",
+    "sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg", "getsockname",
+    "getpeername", "setsockopt", "getsockopt", "ioctl",
+};
+
+#define NALLOWED (sizeof allowed / sizeof allowed[0])
+
+/*
+ * AddressSanitizer's runtime reads /proc/self/maps, sizes its shadow and reports with a few calls
+ * keel itself never makes; a sanitizer build allows them too.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define KL_SANDBOX_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KL_SANDBOX_ASAN 1
+#endif
+#endif
+#ifdef KL_SANDBOX_ASAN
+static const char *const asan_extra[] = {"sched_getparam", "sched_getscheduler", "getppid",
+                                         "mincore", "prctl"};
+#endif
+
+size_t kl_sandbox_syscalls(const char *const **names) {
+  *names = allowed;
+  return NALLOWED;
+}
+
+int kl_sandbox_user_check(const char *text, char *err, size_t errlen) {
+  size_t n = strlen(text);
+  if (n == 0) return 0;
+  const char *colon = strchr(text, ':');
+  if (colon || strspn(text, "0123456789") == n) { /* a bare number is a UID missing its GID */
+    if (!colon) colon = text + n;
+    char *end = NULL;
+    errno = 0;
+    unsigned long u = strtoul(text, &end, 10), g = 0;
+    int ok = text[0] >= '0' && text[0] <= '9' && end == colon && errno == 0 && u < UINT32_MAX;
+    if (ok && *colon) {
+      g = strtoul(colon + 1, &end, 10);
+      ok = colon[1] >= '0' && colon[1] <= '9' && *end == '\0' && errno == 0 && g < UINT32_MAX;
+    } else {
+      ok = 0;
+    }
+    if (!ok) {
+      snprintf(err, errlen, "'%s' is not UID:GID (two numbers)", text);
+      return -EINVAL;
+    }
+    return 0;
+  }
+  /* POSIX portable user names: letters, digits, '.', '_', '-'; not starting with '-' */
+  if (n >= sizeof(((kl_sandbox_user *)0)->name) || text[0] == '-') goto bad;
+  for (const char *p = text; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+          *p == '.' || *p == '_' || *p == '-'))
+      goto bad;
+  return 0;
+bad:
+  snprintf(err, errlen, "'%s' is neither a user name nor UID:GID", text);
+  return -EINVAL;
+}
+
+int kl_sandbox_user_resolve(const char *text, kl_sandbox_user *u, char *err, size_t errlen) {
+  int rc = kl_sandbox_user_check(text, err, errlen);
+  if (rc) return rc;
+  if (!text[0]) {
+    snprintf(err, errlen, "no user given");
+    return -EINVAL;
+  }
+  memset(u, 0, sizeof(*u));
+  if (strchr(text, ':')) {
+    u->uid = (uid_t)strtoul(text, NULL, 10);
+    u->gid = (gid_t)strtoul(strchr(text, ':') + 1, NULL, 10);
+    return 0;
+  }
+  struct passwd pw, *res = NULL;
+  char buf[4096];
+  rc = getpwnam_r(text, &pw, buf, sizeof buf, &res);
+  if (rc != 0 || !res) {
+    snprintf(err, errlen, "user '%s' not found%s%s", text, rc ? ": " : "", rc ? strerror(rc) : "");
+    return -ENOENT;
+  }
+  u->uid = pw.pw_uid;
+  u->gid = pw.pw_gid;
+  snprintf(u->name, sizeof u->name, "%s", text);
+  return 0;
+}
+
+int kl_sandbox_drop(const kl_sandbox_user *u, char *err, size_t errlen) {
+  uid_t ruid, euid, suid;
+  gid_t rgid, egid, sgid;
+  if (getresuid(&ruid, &euid, &suid) || getresgid(&rgid, &egid, &sgid)) {
+    snprintf(err, errlen, "getresuid: %s", strerror(errno));
+    return -errno;
+  }
+  int already = ruid == u->uid && euid == u->uid && suid == u->uid && rgid == u->gid &&
+                egid == u->gid && sgid == u->gid;
+  if (!already || euid == 0) {
+    /* Supplementary groups: the user's own (e.g. ssl-cert for keys), or none for UID:GID. */
+    int rc = u->name[0] ? initgroups(u->name, u->gid) : setgroups(0, NULL);
+    if (rc != 0 && !(already && errno == EPERM)) {
+      snprintf(err, errlen, "setgroups: %s", strerror(errno));
+      return -errno;
+    }
+    if (setresgid(u->gid, u->gid, u->gid) != 0) {
+      snprintf(err, errlen, "setgid %u: %s", (unsigned)u->gid, strerror(errno));
+      return -errno;
+    }
+    if (setresuid(u->uid, u->uid, u->uid) != 0) {
+      snprintf(err, errlen, "setuid %u: %s", (unsigned)u->uid, strerror(errno));
+      return -errno;
+    }
+  }
+  if (getresuid(&ruid, &euid, &suid) || getresgid(&rgid, &egid, &sgid) || ruid != u->uid ||
+      euid != u->uid || suid != u->uid || rgid != u->gid || egid != u->gid || sgid != u->gid) {
+    snprintf(err, errlen, "user ids did not change to %u:%u", (unsigned)u->uid, (unsigned)u->gid);
+    return -EPERM;
+  }
+  if (u->uid != 0 && (setuid(0) == 0 || seteuid(0) == 0)) {
+    snprintf(err, errlen, "root could be regained after dropping to %u", (unsigned)u->uid);
+    return -EPERM;
+  }
+  return 0;
+}
+
+/* Adds one rule by name; a name this architecture lacks is skipped. */
+static int allow(scmp_filter_ctx ctx, const char *name) {
+  int nr = seccomp_syscall_resolve_name(name);
+  if (nr == __NR_SCMP_ERROR) return 0;
+  return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
+}
+
+int kl_sandbox_seccomp(int mode, char *err, size_t errlen) {
+  if (mode == KL_SECCOMP_OFF) return 0;
+  scmp_filter_ctx ctx = seccomp_init(mode == KL_SECCOMP_LOG ? SCMP_ACT_LOG : SCMP_ACT_KILL_PROCESS);
+  if (!ctx) {
+    snprintf(err, errlen, "seccomp_init failed");
+    return -ENOMEM;
+  }
+  int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
+  if (rc == 0) rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 1);
+  const char *what = "attributes";
+  for (size_t i = 0; rc == 0 && i < NALLOWED; i++)
+    if ((rc = allow(ctx, allowed[i])) != 0) what = allowed[i];
+#ifdef KL_SANDBOX_ASAN
+  for (size_t i = 0; rc == 0 && i < sizeof asan_extra / sizeof asan_extra[0]; i++)
+    if ((rc = allow(ctx, asan_extra[i])) != 0) what = asan_extra[i];
+#endif
+  /* Threads, never a new process: clone3 keeps its flags in memory a filter cannot read, so it
+   * fails with ENOSYS and glibc's pthread_create falls back to clone, allowed with CLONE_THREAD. */
+  if (rc == 0) {
+    what = "clone3";
+    rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+  }
+  if (rc == 0) {
+    what = "clone";
+    rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
+                          SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD));
+  }
+#ifndef KL_SANDBOX_ASAN
+  /* prctl for thread names (pthread_setname_np) only. */
+  if (rc == 0) {
+    what = "prctl";
+    rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
+                          SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME));
+  }
+#endif
+  if (rc == 0) {
+    what = "seccomp_load";
+    rc = seccomp_load(ctx);
+  }
+  seccomp_release(ctx);
+  if (rc != 0) {
+    snprintf(err, errlen, "seccomp (%s): %s", what, strerror(rc < 0 ? -rc : rc));
+    return rc < 0 ? rc : -rc;
+  }
+  return 0;
+}
