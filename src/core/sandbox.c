@@ -1,8 +1,10 @@
 /* sandbox.c - least privilege: drop to an unprivileged user, seccomp allowlist of keel's system calls. */
 #include "core/sandbox.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <grp.h>
+#include <malloc.h>
 #include <pwd.h>
 #include <sched.h>
 #include <seccomp.h>
@@ -167,56 +169,96 @@ int kl_sandbox_drop(const kl_sandbox_user *u, char *err, size_t errlen) {
   return 0;
 }
 
-/* Adds one rule by name; a name this architecture lacks is skipped. */
-static int allow(scmp_filter_ctx ctx, const char *name) {
-  int nr = seccomp_syscall_resolve_name(name);
-  if (nr == __NR_SCMP_ERROR) return 0;
-  return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
+/*
+ * libseccomp is dlopen()ed, used once to build and load the filter, and closed again (like
+ * libssl and librdkafka, pipeline/rdk.c): a keel without security.seccomp never maps it, and one
+ * with it does not keep it mapped once the kernel holds the filter.
+ */
+typedef struct seccomp_api {
+  scmp_filter_ctx (*init)(uint32_t def_action);
+  int (*attr_set)(scmp_filter_ctx ctx, enum scmp_filter_attr attr, uint32_t value);
+  int (*resolve_name)(const char *name);
+  int (*rule_add)(scmp_filter_ctx ctx, uint32_t action, int syscall, unsigned int arg_cnt, ...);
+  int (*load)(const scmp_filter_ctx ctx);
+  void (*release)(scmp_filter_ctx ctx);
+} seccomp_api;
+
+static void *seccomp_open(seccomp_api *api, char *err, size_t errlen) {
+  void *h = dlopen("libseccomp.so.2", RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    snprintf(err, errlen, "cannot load libseccomp.so.2 (install libseccomp2): %s", dlerror());
+    return NULL;
+  }
+  static const char *const names[] = {"seccomp_init", "seccomp_attr_set",
+                                      "seccomp_syscall_resolve_name", "seccomp_rule_add",
+                                      "seccomp_load", "seccomp_release"};
+  void **slots[] = {(void **)(void *)&api->init,         (void **)(void *)&api->attr_set,
+                    (void **)(void *)&api->resolve_name, (void **)(void *)&api->rule_add,
+                    (void **)(void *)&api->load,         (void **)(void *)&api->release};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (!(*slots[i] = dlsym(h, names[i]))) {
+      snprintf(err, errlen, "libseccomp.so.2 lacks %s", names[i]);
+      dlclose(h);
+      return NULL;
+    }
+  return h;
 }
 
-int kl_sandbox_seccomp(int mode, char *err, size_t errlen) {
-  if (mode == KL_SECCOMP_OFF) return 0;
-  scmp_filter_ctx ctx = seccomp_init(mode == KL_SECCOMP_LOG ? SCMP_ACT_LOG : SCMP_ACT_KILL_PROCESS);
-  if (!ctx) {
-    snprintf(err, errlen, "seccomp_init failed");
-    return -ENOMEM;
-  }
-  int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
-  if (rc == 0) rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 1);
-  const char *what = "attributes";
+/* Adds one rule by name; a name this architecture lacks is skipped. */
+static int allow(const seccomp_api *api, scmp_filter_ctx ctx, const char *name) {
+  int nr = api->resolve_name(name);
+  if (nr == __NR_SCMP_ERROR) return 0;
+  return api->rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
+}
+
+/* Builds the filter into ctx and loads it: 0 or a negative errno, *what names the failed step. */
+static int seccomp_build(const seccomp_api *api, scmp_filter_ctx ctx, const char **what) {
+  int rc = api->attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
+  if (rc == 0) rc = api->attr_set(ctx, SCMP_FLTATR_CTL_NNP, 1);
+  *what = "attributes";
   for (size_t i = 0; rc == 0 && i < NALLOWED; i++)
-    if ((rc = allow(ctx, allowed[i])) != 0) what = allowed[i];
+    if ((rc = allow(api, ctx, allowed[i])) != 0) *what = allowed[i];
 #ifdef KL_SANDBOX_ASAN
   for (size_t i = 0; rc == 0 && i < sizeof asan_extra / sizeof asan_extra[0]; i++)
-    if ((rc = allow(ctx, asan_extra[i])) != 0) what = asan_extra[i];
+    if ((rc = allow(api, ctx, asan_extra[i])) != 0) *what = asan_extra[i];
 #endif
   /* Threads, never a new process: clone3 keeps its flags in memory a filter cannot read, so it
    * fails with ENOSYS and glibc's pthread_create falls back to clone, allowed with CLONE_THREAD. */
   if (rc == 0) {
-    what = "clone3";
-    rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+    *what = "clone3";
+    rc = api->rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
   }
   if (rc == 0) {
-    what = "clone";
-    rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
-                          SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD));
+    *what = "clone";
+    rc = api->rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
+                       SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD));
   }
 #ifndef KL_SANDBOX_ASAN
   /* prctl for thread names (pthread_setname_np) only. */
   if (rc == 0) {
-    what = "prctl";
-    rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
-                          SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME));
+    *what = "prctl";
+    rc = api->rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
+                       SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME));
   }
 #endif
   if (rc == 0) {
-    what = "seccomp_load";
-    rc = seccomp_load(ctx);
+    *what = "seccomp_load";
+    rc = api->load(ctx);
   }
-  seccomp_release(ctx);
-  if (rc != 0) {
-    snprintf(err, errlen, "seccomp (%s): %s", what, strerror(rc < 0 ? -rc : rc));
-    return rc < 0 ? rc : -rc;
-  }
-  return 0;
+  return rc < 0 ? rc : -rc;
+}
+
+int kl_sandbox_seccomp(int mode, char *err, size_t errlen) {
+  if (mode == KL_SECCOMP_OFF) return 0;
+  seccomp_api api;
+  void *h = seccomp_open(&api, err, errlen);
+  if (!h) return -ENOENT;
+  scmp_filter_ctx ctx = api.init(mode == KL_SECCOMP_LOG ? SCMP_ACT_LOG : SCMP_ACT_KILL_PROCESS);
+  const char *what = "seccomp_init";
+  int rc = ctx ? seccomp_build(&api, ctx, &what) : -ENOMEM;
+  if (ctx) api.release(ctx);
+  dlclose(h);
+  malloc_trim(0); /* the filter's build memory, freed above, goes back to the kernel */
+  if (rc != 0) snprintf(err, errlen, "seccomp (%s): %s", what, strerror(-rc));
+  return rc;
 }
