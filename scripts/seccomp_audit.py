@@ -21,7 +21,7 @@ RET = re.compile(r"=\s+(\d+)(?:\s|$)")
 def allowlist():
     src = open(os.path.join(ROOT, "src/core/sandbox.c"), encoding="utf-8").read()
     table = src.split("static const char *const allowed[] = {", 1)[1].split("};", 1)[0]
-    extra = {"clone", "prctl", "clone3"}  # rules with arguments or an errno, below the table
+    extra = {"clone", "prctl", "clone3", "socket"}  # rules with arguments or an errno, below the table
     return set(re.findall(r'"(\w+)"', table)) | extra
 
 

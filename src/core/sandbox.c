@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /*
@@ -25,7 +26,8 @@
  * stat, poll, epoll_wait on aarch64) are skipped. Not here on purpose: execve/execveat,
  * fork/vfork (clone only with CLONE_THREAD, see kl_sandbox_seccomp), ptrace, mount, bpf, kexec,
  * setuid and friends (the user switch happens before the filter), chmod/chown, module loading,
- * personality, keyctl, io_uring, unshare/setns.
+ * personality, keyctl, io_uring, unshare/setns, and listen (every listener is bound before the
+ * filter: code that took over the process cannot open a port of its own).
  */
 static const char *const allowed[] = {
     /* memory */
@@ -45,7 +47,9 @@ static const char *const allowed[] = {
     "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "eventfd2", "signalfd4", "poll",
     "ppoll", "pipe", "pipe2",
     /* sockets: clients, upstreams, Kafka, Redis, the resolver, the trace exporter */
-    "socket", "connect", "accept4", "bind", "listen", "shutdown", "sendto", "recvfrom",
+    /* (socket: only some families, see kl_sandbox_seccomp; bind: glibc's getaddrinfo binds a
+     * netlink socket to list the interface addresses) */
+    "connect", "accept4", "bind", "shutdown", "sendto", "recvfrom",
     "sendmsg", "recvmsg", "sendmmsg", "getsockname", "setsockopt", "getsockopt", "ioctl",
 };
 
@@ -232,6 +236,14 @@ static int seccomp_build(const seccomp_api *api, scmp_filter_ctx ctx, const char
     *what = "clone";
     rc = api->rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
                        SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD));
+  }
+  /* Sockets of the families keel uses: TCP/UDP over IPv4 and IPv6, Unix (nscd, a Redis socket),
+   * netlink (getaddrinfo's interface list). Not packet, raw-protocol families or vsock. */
+  static const int families[] = {AF_INET, AF_INET6, AF_UNIX, AF_NETLINK};
+  for (size_t i = 0; rc == 0 && i < sizeof families / sizeof families[0]; i++) {
+    *what = "socket";
+    rc = api->rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
+                       SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)families[i]));
   }
 #ifndef KL_SANDBOX_ASAN
   /* prctl for thread names (pthread_setname_np) only. */

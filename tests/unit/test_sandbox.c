@@ -157,6 +157,21 @@ static int forbidden_ptrace(void) {
   return 2;
 }
 
+static int forbidden_listen(void) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  char err[160];
+  if (s < 0 || kl_sandbox_seccomp(KL_SECCOMP_ON, err, sizeof err) != 0) return 1;
+  listen(s, 1);
+  return 2;
+}
+
+static int forbidden_packet_socket(void) {
+  char err[160];
+  if (kl_sandbox_seccomp(KL_SECCOMP_ON, err, sizeof err) != 0) return 1;
+  socket(AF_PACKET, SOCK_RAW, 0);
+  return 2;
+}
+
 static int forbidden_fork(void) {
   char err[160];
   if (kl_sandbox_seccomp(KL_SECCOMP_ON, err, sizeof err) != 0) return 1;
@@ -206,6 +221,8 @@ static void test_seccomp_kills_forbidden_calls(void **state) {
   assert_sigsys(in_child(forbidden_execve));
   assert_sigsys(in_child(forbidden_ptrace));
   assert_sigsys(in_child(forbidden_fork));
+  assert_sigsys(in_child(forbidden_listen));
+  assert_sigsys(in_child(forbidden_packet_socket));
   assert_sigsys(in_child(forbidden_other_thread));
 }
 
@@ -216,7 +233,8 @@ static void test_syscall_table(void **state) {
   assert_true(n > 50);
   for (size_t i = 0; i < n; i++) { /* none of the dangerous ones slipped in */
     static const char *const never[] = {"execve", "execveat", "ptrace", "fork", "vfork",
-                                        "setuid", "mount", "bpf", "kexec_load", "init_module"};
+                                        "setuid", "mount", "bpf", "kexec_load", "init_module",
+                                        "listen", "socket"};
     for (size_t j = 0; j < sizeof never / sizeof never[0]; j++)
       assert_string_not_equal(names[i], never[j]);
     for (size_t j = 0; j < i; j++) assert_string_not_equal(names[i], names[j]); /* no duplicate */
