@@ -243,14 +243,14 @@ static int seccomp_build(const seccomp_api *api, scmp_filter_ctx ctx, const char
   for (size_t i = 0; rc == 0 && i < sizeof families / sizeof families[0]; i++) {
     *what = "socket";
     rc = api->rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
-                       SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)families[i]));
+                       SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)families[i], 0));
   }
 #ifndef KL_SANDBOX_ASAN
   /* prctl for thread names (pthread_setname_np) only. */
   if (rc == 0) {
     *what = "prctl";
     rc = api->rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
-                       SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME));
+                       SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME, 0));
   }
 #endif
   if (rc == 0) {
