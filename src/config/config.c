@@ -73,7 +73,7 @@ typedef struct key {
 static const key keys[] = {
     {"listen", K_LISTEN, FIELD(listen), 0, 0, "127.0.0.1:8080",
      "HOST:PORT to listen on; port 0 picks a free port"},
-    {"workers", K_UINT, FIELD(workers), 0, 1024, "0", "worker threads; 0 = one per online CPU"},
+    {"workers", K_UINT, FIELD(workers), 0, 1024, "0", "worker threads; 0 = one per CPU keel may use (affinity, cgroup CPU limit)"},
     {"max_connections", K_UINT, FIELD(max_connections), 1, 1000000, "10000",
      "open client connections, all workers together"},
     {"limits.request_line", K_SIZE, FIELD(request_line_max), 64, MIB, "8KiB",

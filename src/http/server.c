@@ -11,11 +11,13 @@
 #include <sys/socket.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "core/cpus.h"
+#include "core/keys.h"
 #include "core/sandbox.h"
-
 #include "http/otlp_http.h"
 #include "gateway/gw.h"
 #include "gateway/health.h"
@@ -675,13 +677,16 @@ static int tracer_start(keel_server *srv) {
   return 0;
 }
 
-/* SIGHUP: TLS certificates are read again (new connections get them; open ones keep theirs).
- * The rest of the configuration is not reloaded yet. Main thread. */
+/* SIGHUP / POST /-/reload: the config file is checked whole, then the gateway, the TLS
+ * certificates (new connections get them; open ones keep theirs) and otlp.api_keys are read
+ * again and swapped in together; anything failing leaves all of them as they were. The rest
+ * of the configuration needs a restart. Main thread or the admin worker. */
 int kl_server_reload(keel_server *srv, char *err, size_t errlen) {
   pthread_mutex_lock(&srv->reload_lock);
   int rc = 0;
   kl_gw *gw = NULL, *old = srv->gw;
   kl_gw_health *health = NULL;
+  kl_keyring *keys = NULL;
   keel_config tmp;
   keel_config_init(&tmp);
   if (srv->config_path && (keel_config_load_file(&tmp, srv->config_path, err, errlen) ||
@@ -704,6 +709,15 @@ int kl_server_reload(keel_server *srv, char *err, size_t errlen) {
     }
     kl_gw_adopt_slots(gw, old, srv->reloaded_slot);
   }
+  /* otlp.api_keys: read again with the file (rotated keys take effect without a restart). */
+  const char *key_path = srv->config_path ? tmp.otlp_api_keys : srv->cfg.otlp_api_keys;
+  int set_keys = srv->pipeline != NULL;
+  char ke[320];
+  if (set_keys && key_path[0] && !(keys = kl_keyring_load(key_path, ke, sizeof ke))) {
+    snprintf(err, errlen, "otlp.api_keys: %s", ke);
+    rc = -EINVAL;
+    goto out;
+  }
   if (srv->tls) {
     kl_tls_server_config tc = {tmp.tls_cert, tmp.tls_key, tmp.tls_client_ca,
                                tmp.tls_client_auth};
@@ -713,6 +727,10 @@ int kl_server_reload(keel_server *srv, char *err, size_t errlen) {
       rc = -EINVAL;
       goto out;
     }
+  }
+  if (set_keys) {
+    kl_pipeline_set_keys(srv->pipeline, keys);
+    keys = NULL;
   }
   if (gw) { /* swap: new requests take the new routes; the old gateway retires */
     __atomic_store_n(&srv->gw, gw, __ATOMIC_RELEASE);
@@ -734,6 +752,7 @@ int kl_server_reload(keel_server *srv, char *err, size_t errlen) {
     gw = NULL;
   }
 out:
+  kl_keyring_free(keys);
   kl_gw_health_stop(health);
   kl_gw_free(gw);
   atomic_fetch_add(rc ? &srv->reloads_failed : &srv->reloads_ok, 1);
@@ -743,8 +762,8 @@ out:
 
 static void sighup(keel_server *srv) {
   char err[512];
-  if (!srv->config_path && !srv->tls) {
-    keel_log(srv, KEEL_LOG_WARN, "SIGHUP ignored: no config file or TLS to reload", NULL);
+  if (!srv->config_path && !srv->tls && !srv->cfg.otlp_api_keys[0]) {
+    keel_log(srv, KEEL_LOG_WARN, "SIGHUP ignored: no config file, TLS or API keys to reload", NULL);
     return;
   }
   if (kl_server_reload(srv, err, sizeof err) == 0)
@@ -754,6 +773,25 @@ static void sighup(keel_server *srv) {
   else
     keel_log(srv, KEEL_LOG_ERROR, "reload failed: the previous configuration keeps serving",
              "error", err, NULL);
+}
+
+/*
+ * Raises the soft open-files limit to the hard one (container runtimes often start processes
+ * at 1024) and warns when max_connections cannot fit in it.
+ */
+static void raise_nofile(keel_server *srv) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  if (rl.rlim_cur != RLIM_INFINITY && srv->cfg.max_connections + 64u > rl.rlim_cur) {
+    char lim[24];
+    snprintf(lim, sizeof lim, "%llu", (unsigned long long)rl.rlim_cur);
+    keel_log(srv, KEEL_LOG_WARN, "max_connections is above the open-files limit: accepting "
+             "pauses while descriptors run out", "limit", lim, NULL);
+  }
 }
 
 /* security.user and security.seccomp, once every listener is bound and before data_dir is touched
@@ -808,8 +846,8 @@ int keel_server_run(keel_server *srv) {
   sigdelset(&set, SIGPIPE);
   int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 
-  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-  srv->nworkers = cfg->workers ? cfg->workers : (unsigned)(ncpu > 0 ? ncpu : 1);
+  raise_nofile(srv);
+  srv->nworkers = cfg->workers ? cfg->workers : kl_cpus_usable();
   srv->workers = calloc(srv->nworkers, sizeof(*srv->workers));
   /* Every worker's listening sockets, bound before the sandbox; a row is -1 once a worker owns it. */
   int *lfds = malloc((size_t)srv->nworkers * KL_LISTENERS_MAX * sizeof(int)), grpc_fd = -1;

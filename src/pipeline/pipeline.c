@@ -30,7 +30,8 @@ static const char *const compressions[] = {"none", "gzip", "snappy", "lz4", "zst
 
 struct kl_pipeline {
   keel_server *srv;
-  kl_keyring *keys; /* otlp.api_keys; NULL: no check */
+  kl_keyring *keys; /* otlp.api_keys; NULL: no check. Under keys_lock: a reload swaps it */
+  pthread_rwlock_t keys_lock;
   kl_wal *wal;
   kl_sink *sink;
   kl_otlp_opts split;
@@ -328,13 +329,23 @@ out:
   return rc;
 }
 
-int kl_pipeline_auth(const kl_pipeline *p, const char *authorization, size_t alen,
+int kl_pipeline_auth(kl_pipeline *p, const char *authorization, size_t alen,
                      const char *x_api_key, size_t xlen) {
-  if (!p->keys) return 1;
   const char *key;
   size_t len;
-  if (!kl_key_from_headers(authorization, alen, x_api_key, xlen, &key, &len)) return 0;
-  return kl_keyring_check(p->keys, key, len);
+  int has_key = kl_key_from_headers(authorization, alen, x_api_key, xlen, &key, &len);
+  pthread_rwlock_rdlock(&p->keys_lock);
+  int ok = !p->keys || (has_key && kl_keyring_check(p->keys, key, len));
+  pthread_rwlock_unlock(&p->keys_lock);
+  return ok;
+}
+
+void kl_pipeline_set_keys(kl_pipeline *p, kl_keyring *keys) {
+  pthread_rwlock_wrlock(&p->keys_lock);
+  kl_keyring *old = p->keys;
+  p->keys = keys;
+  pthread_rwlock_unlock(&p->keys_lock);
+  kl_keyring_free(old);
 }
 
 uint32_t kl_pipeline_retry_after(int ingest_error) {
@@ -509,6 +520,7 @@ kl_pipeline *kl_pipeline_start(const keel_config *cfg, keel_server *srv, kl_metr
     return NULL;
   }
   pthread_mutex_init(&p->watch_lock, NULL);
+  pthread_rwlock_init(&p->keys_lock, NULL);
   p->srv = srv;
   p->fmt = cfg->otlp_format ? KL_FMT_JSON : KL_FMT_PROTO;
   p->ack_delivered = cfg->otlp_ack_delivered;
@@ -595,6 +607,7 @@ kl_pipeline *kl_pipeline_start(const keel_config *cfg, keel_server *srv, kl_metr
 fail:
   if (p->wal) kl_wal_close(p->wal);
   kl_keyring_free(p->keys);
+  pthread_rwlock_destroy(&p->keys_lock);
   pthread_mutex_destroy(&p->watch_lock);
   free(p);
   return NULL;
@@ -615,6 +628,7 @@ void kl_pipeline_stop(kl_pipeline *p) {
            "pipeline stopped", "undelivered_in_flight", l, "pending_bytes", pend, NULL);
   kl_wal_close(p->wal);
   kl_keyring_free(p->keys);
+  pthread_rwlock_destroy(&p->keys_lock);
   pthread_mutex_destroy(&p->watch_lock);
   free(p);
 }

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "core/buf.h"
+#include "core/keys.h"
 #include "pipeline/otlp.h"
 #include "pipeline/record.h"
 
@@ -93,8 +94,14 @@ void kl_pipeline_unwatch(kl_pipeline *p, int efd);
  * `Authorization: Bearer TOKEN` or the `X-API-Key` value (either may be NULL) is one of the
  * keys (constant time). Any thread.
  */
-int kl_pipeline_auth(const kl_pipeline *p, const char *authorization, size_t alen,
+int kl_pipeline_auth(kl_pipeline *p, const char *authorization, size_t alen,
                      const char *x_api_key, size_t xlen);
+
+/**
+ * Replaces the otlp.api_keys ring (NULL = no check) and frees the old one once no check uses
+ * it; takes `keys`. A reload calls it after loading the file. Any thread.
+ */
+void kl_pipeline_set_keys(kl_pipeline *p, kl_keyring *keys);
 
 /** Seconds a client should wait before retrying after an ingest error (Retry-After). */
 uint32_t kl_pipeline_retry_after(int ingest_error);

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 
@@ -263,6 +264,46 @@ def test_api_keys():
             raise AssertionError("keel started with an unreadable key file")
         except AssertionError as e:
             assert "otlp.api_keys" in str(e), e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_api_keys_rotate_on_sighup():
+    """A Secret rotated in place: SIGHUP reads otlp.api_keys again; a broken rotation keeps the
+    keys that work."""
+    tmp = tempfile.mkdtemp(prefix="keel-keys-")
+    keys = os.path.join(tmp, "keys")
+    try:
+        with open(keys, "w") as f:
+            f.write("old-key\n")
+        with Keel(env={"KEEL_OTLP_API_KEYS": keys}) as k:
+            def status(key):
+                return post(k, "/v1/logs", g.logs_request([1]), headers={"X-API-Key": key})[0]
+
+            def reloaded(n):
+                deadline = time.time() + 5
+                while time.time() < deadline:
+                    done = [l for l in k.logs() if l.get("msg") in ("configuration reloaded", "reload failed: "
+                                                                      "the previous configuration keeps serving")]
+                    if len(done) >= n:
+                        return done[n - 1]
+                    time.sleep(0.05)
+                raise AssertionError("no reload line: %r" % k.lines[-5:])
+
+            assert status("old-key") == 200 and status("new-key") == 401
+            with open(keys + ".tmp", "w") as f:
+                f.write("new-key\n")
+            os.rename(keys + ".tmp", keys)
+            assert status("old-key") == 200, "keys changed before the reload"
+            k.signal(signal.SIGHUP)
+            assert reloaded(1)["msg"] == "configuration reloaded"
+            assert status("new-key") == 200 and status("old-key") == 401
+            with open(keys, "w") as f:
+                f.write("# nothing yet\n")  # a rotation caught half way: no keys
+            k.signal(signal.SIGHUP)
+            line = reloaded(2)
+            assert "otlp.api_keys" in line.get("error", ""), line
+            assert status("new-key") == 200, "a failed reload dropped the working keys"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
