@@ -19,9 +19,6 @@ from otlp_receiver import OtlpReceiver
 from upstream import Upstream
 
 NOBODY = (65534, 65534)
-# ASan's leak checker stops the world with ptrace at exit, which the filter forbids (by design):
-# the sanitizer build runs these tests with leak detection off (ASan itself still runs).
-ASAN = "-fsanitize=address" in os.environ.get("KEEL_LINK_FLAGS", "")
 
 
 def skip_unless_root():
@@ -85,10 +82,6 @@ def wait_log(k, msg, after=0, timeout=10):
     raise AssertionError("no %r in %r" % (msg, k.lines[-20:]))
 
 
-def asan_env():
-    return {"ASAN_OPTIONS": "detect_leaks=0"} if ASAN else {}
-
-
 def redis_server():
     """A private redis-server (test_gateway_policies.Redis), or None when it is not installed."""
     if not shutil.which("redis-server") and not os.path.exists("/usr/bin/redis-server"):
@@ -130,7 +123,6 @@ def test_everything_under_seccomp_as_nobody():
                    % (d, d, rx.port, extra, up.port, rate))
             env = {"KEEL_DATA_DIR": d + "/data", "KEEL_KAFKA_BROKERS": kc.bootstrap,
                    "KEEL_KAFKA_LINGER": "1ms"}
-            env.update(asan_env())
             k = Keel(config=cfg, env=env)
             os.chmod(k.config_file, 0o644)  # SIGHUP reads it again as nobody
             with k:
@@ -198,7 +190,6 @@ def test_file_sink_and_grpc_under_seccomp():
     try:
         env = {"KEEL_DATA_DIR": d, "KEEL_SECURITY_SECCOMP": "on", "KEEL_FILES_ROTATE": "64KiB",
                "KEEL_FILES_KEEP": "2"}
-        env.update(asan_env())
         with Keel(env=env) as k:
             for b in range(40):
                 assert otlp_post(k, g.logs_request(range(b * 50, b * 50 + 50))) == 200
