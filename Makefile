@@ -3,7 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps run test sanitize fuzz bench bench-quick bench-pipeline bench-gateway clean
+.PHONY: all build deps run test sanitize fuzz lint sbom bench bench-quick bench-pipeline bench-gateway clean
 
 all: build
 
@@ -32,6 +32,17 @@ test: deps
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (clang).
 sanitize: deps
 	CC=clang $(MAKE) --no-print-directory test BUILD=build-asan CMAKE_FLAGS="-DKEEL_SANITIZE=ON -DKEEL_WERROR=ON -DCMAKE_BUILD_TYPE=Debug"
+
+# clang-tidy (.clang-tidy) and cppcheck over src/, include/, examples/, tests/tools/ with the
+# compile database CMake writes; fails on any finding (a few minutes: clang-tidy's analyzer).
+lint: deps
+	@$(MAKE) --no-print-directory build CMAKE_FLAGS="$(CMAKE_FLAGS)"
+	scripts/lint.sh $(BUILD)
+
+# CycloneDX 1.5 SBOM of the Debian packages keel links and dlopen()s -> $(BUILD)/keel.cdx.json.
+sbom: deps
+	@$(MAKE) --no-print-directory build CMAKE_FLAGS="$(CMAKE_FLAGS)"
+	python3 scripts/sbom.py $(BUILD)/keel $(BUILD)/keel.cdx.json
 
 # Bounded libFuzzer runs over the committed corpora (FUZZ_SECONDS each).
 FUZZ_SECONDS ?= 60

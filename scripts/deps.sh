@@ -1,7 +1,7 @@
 #!/bin/sh
 # deps.sh - installs the Debian packages keel needs to build and test; does nothing when all are present.
 set -eu
-PKGS="build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev libyaml-dev libcmocka-dev python3 curl zlib1g-dev librdkafka-dev libnghttp2-dev libssl-dev libseccomp-dev kcat prometheus python3-protobuf python3-yaml python3-grpcio libhiredis-dev redis-server nginx openssl yamllint"
+PKGS="build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev libyaml-dev libcmocka-dev python3 curl zlib1g-dev librdkafka-dev libnghttp2-dev libssl-dev libseccomp-dev kcat prometheus python3-protobuf python3-yaml python3-grpcio libhiredis-dev redis-server nginx openssl yamllint binutils clang-tidy cppcheck"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

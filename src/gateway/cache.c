@@ -329,6 +329,7 @@ static long vary_encode(const kl_cache_req *r, const strv *names, size_t n, char
         out[o + 1 + j] = (char)lower((unsigned char)names[i].p[j]);
     }
     o += 1 + names[i].len;
+    /* cppcheck-suppress legacyUninitvar ; val is req_value's output buffer */
     long vl = req_value(r, names[i].p, names[i].len, out ? val : NULL);
     if (vl == -2) return -1;
     uint16_t enc = vl < 0 ? 0xffff : (uint16_t)vl;
@@ -569,6 +570,7 @@ static void pending_unlink(shard *s, kl_cache_ticket *t) {
 static void waiter_unlink(kl_cache_waiter *w) {
   kl_cache_ticket *t = w->on;
   if (w->prev) w->prev->next = w->next;
+  /* NOLINTNEXTLINE(clang-analyzer-core.NullDereference): a linked waiter has `on` set */
   else t->waiters = w->next;
   if (w->next) w->next->prev = w->prev;
   t->nwaiters--;

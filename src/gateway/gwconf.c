@@ -231,7 +231,7 @@ static int load_upstream_tls(gwl *L, kl_gw_upstream *u, const yaml_node_t *v) {
     const char *s = scalar(L, v, "tls");
     if (!s) return -EINVAL;
     if (!strcmp(s, "false") || !strcmp(s, "off")) return 0;
-    if (strcmp(s, "true") && strcmp(s, "on")) return gerr(L, v, "tls: true, false or a mapping");
+    if (strcmp(s, "true") != 0 && strcmp(s, "on") != 0) return gerr(L, v, "tls: true, false or a mapping");
   } else {
     void *a[2] = {u, &t};
     int rc = each_pair(L, v, "tls", tls_pair, a);
@@ -768,7 +768,7 @@ static int top_cache_pair(gwl *L, const char *k, const yaml_node_t *v, void *arg
     return kl_conf_size(s, &gw->cache_memory, msg, sizeof msg) ? gerr(L, v, "cache.memory: %s", msg) : 0;
   if (!strcmp(k, "redis")) {
     if (!strcmp(s, "true") || !strcmp(s, "on")) gw->cache_redis = 1;
-    else if (strcmp(s, "false") && strcmp(s, "off")) return gerr(L, v, "cache.redis: '%s' is not true or false", s);
+    else if (strcmp(s, "false") != 0 && strcmp(s, "off") != 0) return gerr(L, v, "cache.redis: '%s' is not true or false", s);
     return 0;
   }
   return gerr(L, v, "cache: unknown key '%s' (memory, redis)", k);

@@ -207,8 +207,8 @@ kl_gw_health *kl_gw_health_start(kl_gw *gw, keel_server *srv, char *err, size_t 
   }
   if (!any) return NULL;
   kl_gw_health *h = calloc(1, sizeof *h);
-  if (!h || !(h->next = calloc(n, sizeof *h->next)) ||
-      !(h->next_resolve = calloc(n, sizeof *h->next_resolve))) {
+  if (!h || !(h->next = calloc(n ? n : 1, sizeof *h->next)) ||
+      !(h->next_resolve = calloc(n ? n : 1, sizeof *h->next_resolve))) {
     if (h) free(h->next);
     free(h);
     snprintf(err, errlen, "out of memory");

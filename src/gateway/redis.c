@@ -26,6 +26,7 @@
   X(redisAsyncHandleRead) X(redisAsyncHandleWrite) X(redisAsyncCommandArgv)
 
 static struct {
+/* NOLINTNEXTLINE(bugprone-macro-parentheses): f is a declarator name, it cannot be parenthesised */
 #define KL_HIREDIS_FIELD(f) __typeof__(&f) f;
   KL_HIREDIS_FUNCS(KL_HIREDIS_FIELD)
 #undef KL_HIREDIS_FIELD

@@ -44,6 +44,7 @@
 
 /** The table: one pointer per function, typed like the function. */
 typedef struct kl_tls_table {
+/* NOLINTNEXTLINE(bugprone-macro-parentheses): f is a declarator name, it cannot be parenthesised */
 #define KL_TLS_FIELD(f) __typeof__(&f) f;
   KL_TLS_FUNCS(KL_TLS_FIELD)
 #undef KL_TLS_FIELD

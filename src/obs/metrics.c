@@ -363,6 +363,7 @@ static void proc_read(proc_snap *s) {
   FILE *f = fopen("/proc/self/statm", "re");
   if (f) {
     unsigned long long size = 0, rss = 0;
+    /* NOLINTNEXTLINE(cert-err34-c): the kernel writes /proc/self/statm, two decimal numbers */
     if (fscanf(f, "%llu %llu", &size, &rss) == 2) {
       long page = sysconf(_SC_PAGESIZE);
       s->vsize = (double)size * (double)page;

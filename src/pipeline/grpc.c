@@ -743,6 +743,7 @@ static void conn_close(gconn *c) {
   nghttp2_session_del(c->h2);
   c->h2 = NULL;
   while (c->streams)
+    /* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): stream_free unlinks the head */
     stream_free(c->streams);
   c->used = 0;
   c->dirty = 0;
@@ -946,14 +947,14 @@ int kl_grpc_listen(const char *text, char *err, size_t errlen) {
   return fd;
 }
 
-/* The bound address of `fd` as "HOST:PORT" ("[v6]:PORT") and its port. */
+/* The bound address of `fd` as "HOST:PORT" ("[v6]:PORT") and its port (0 if unknown). */
 static int bound_addr(int fd, char *addr, size_t addrlen) {
-  struct sockaddr_storage a;
+  struct sockaddr_storage a = {0};
   socklen_t alen = sizeof a;
   char h[64] = "?", p[16] = "0";
-  getsockname(fd, (struct sockaddr *)&a, &alen);
-  getnameinfo((struct sockaddr *)&a, alen, h, sizeof h, p, sizeof p,
-              NI_NUMERICHOST | NI_NUMERICSERV);
+  if (getsockname(fd, (struct sockaddr *)&a, &alen) == 0)
+    getnameinfo((struct sockaddr *)&a, alen, h, sizeof h, p, sizeof p,
+                NI_NUMERICHOST | NI_NUMERICSERV);
   snprintf(addr, addrlen, a.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, p);
   return (int)strtol(p, NULL, 10);
 }

@@ -61,6 +61,7 @@ static long fail(jin *c, const seg *s, uint32_t node, const char *msg) {
     size_t o = 0;
     c->err[0] = '\0';
     while (k-- > 0 && o < c->errlen) {
+      /* cppcheck-suppress uninitvar ; chain[0..k) was filled above */
       int w = chain[k]->idx >= 0
                   ? snprintf(c->err + o, c->errlen - o, "%s%s[%ld]", o ? "." : "", chain[k]->name,
                              chain[k]->idx)
@@ -92,6 +93,7 @@ static int put_varint(jin *c, uint64_t v) {
   do {
     uint8_t b = v & 0x7f;
     v >>= 7;
+    /* NOLINTNEXTLINE(clang-analyzer-core.NullDereference): need() fails when out is NULL (cap 0) */
     c->out[c->n++] = (uint8_t)(b | (v ? 0x80 : 0));
   } while (v);
   return 0;
@@ -379,7 +381,7 @@ static long repeated(jin *c, const seg *s, const kl_otlp_field *fd, uint32_t arr
   if ((rc = put_key(c, fd->num, KL_PB_LEN)) || (rc = len_begin(c, &mark))) return rc;
   for (uint32_t k = 0; k < a->len; k++, i = c->nd[i].next) {
     el.idx = k;
-    uint64_t w;
+    uint64_t w = 0;
     if (fd->kind == KL_OTLP_DOUBLE)
       rc = double_value(c, &el, i, &w);
     else

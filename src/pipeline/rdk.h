@@ -26,6 +26,7 @@
 
 /** The table: one pointer per function, typed like the function. */
 typedef struct kl_rdk_table {
+/* NOLINTNEXTLINE(bugprone-macro-parentheses): f is a declarator name, it cannot be parenthesised */
 #define KL_RDK_FIELD(f) __typeof__(&f) f;
   KL_RDK_FUNCS(KL_RDK_FIELD)
 #undef KL_RDK_FIELD

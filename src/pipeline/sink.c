@@ -593,8 +593,8 @@ static void file_prune(kl_sink *s, kl_signal sig) {
   struct dirent *e;
   while ((e = readdir(d)) && n < KL_SINK_KEEP_SCAN) {
     size_t l = strlen(e->d_name);
-    if (l != nlen + 1 + 20 + 6 || memcmp(e->d_name, name, nlen) || e->d_name[nlen] != '-' ||
-        strcmp(e->d_name + l - 6, ".jsonl"))
+    if (l != nlen + 1 + 20 + 6 || memcmp(e->d_name, name, nlen) != 0 ||
+        e->d_name[nlen] != '-' || strcmp(e->d_name + l - 6, ".jsonl") != 0)
       continue;
     if (n == cap) {
       size_t nc = cap ? cap * 2 : 16;

@@ -1004,6 +1004,8 @@ static int write_all(int fd, struct iovec *iov, size_t cnt, uint64_t off) {
       cnt--;
     }
     if (left) {
+      /* pwritev wrote less than the iovecs hold, so cnt > 0 and iov is a valid entry. */
+      /* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult) */
       iov->iov_base = (uint8_t *)iov->iov_base + left;
       iov->iov_len -= left;
     }
