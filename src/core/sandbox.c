@@ -186,7 +186,7 @@ typedef struct seccomp_api {
   int (*attr_set)(scmp_filter_ctx ctx, enum scmp_filter_attr attr, uint32_t value);
   int (*resolve_name)(const char *name);
   int (*rule_add)(scmp_filter_ctx ctx, uint32_t action, int syscall, unsigned int arg_cnt, ...);
-  int (*load)(const scmp_filter_ctx ctx);
+  int (*load)(scmp_filter_ctx ctx);
   void (*release)(scmp_filter_ctx ctx);
 } seccomp_api;
 

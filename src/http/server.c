@@ -859,13 +859,13 @@ int keel_server_run(keel_server *srv) {
   srv->workers = calloc(srv->nworkers, sizeof(*srv->workers));
   /* Every worker's listening sockets, bound before the sandbox; a row is -1 once a worker owns it. */
   int *lfds = malloc((size_t)srv->nworkers * KL_LISTENERS_MAX * sizeof(int)), grpc_fd = -1;
+  for (size_t i = 0; lfds && i < (size_t)srv->nworkers * KL_LISTENERS_MAX; i++) lfds[i] = -1;
   unsigned started = 0;
   int rc = 0;
   if (sfd < 0 || !srv->workers || !lfds) {
     rc = sfd < 0 ? -errno : -ENOMEM;
     goto out;
   }
-  for (size_t i = 0; i < (size_t)srv->nworkers * KL_LISTENERS_MAX; i++) lfds[i] = -1;
   for (unsigned i = 0; i < srv->nworkers; i++)
     if ((rc = open_listeners(srv, lfds + (size_t)i * KL_LISTENERS_MAX)) != 0) goto out;
   if (cfg->pipeline_enabled && cfg->otlp_grpc_listen[0] &&
