@@ -858,8 +858,9 @@ int keel_server_run(keel_server *srv) {
   srv->nworkers = cfg->workers ? cfg->workers : kl_cpus_usable();
   srv->workers = calloc(srv->nworkers, sizeof(*srv->workers));
   /* Every worker's listening sockets, bound before the sandbox; a row is -1 once a worker owns it. */
-  int *lfds = malloc((size_t)srv->nworkers * KL_LISTENERS_MAX * sizeof(int)), grpc_fd = -1;
-  for (size_t i = 0; lfds && i < (size_t)srv->nworkers * KL_LISTENERS_MAX; i++) lfds[i] = -1;
+  const size_t nlfds = (size_t)srv->nworkers * KL_LISTENERS_MAX;
+  int *lfds = malloc(nlfds * sizeof(int)), grpc_fd = -1;
+  for (size_t i = 0; lfds && i < nlfds; i++) lfds[i] = -1;
   unsigned started = 0;
   int rc = 0;
   if (sfd < 0 || !srv->workers || !lfds) {
@@ -1010,7 +1011,7 @@ out:
   kl_pipeline_stop(srv->pipeline); /* delivers for up to shutdown.flush_timeout */
   srv->pipeline = NULL;
   for (unsigned i = 0; i < started; i++) worker_cleanup(&srv->workers[i]);
-  for (size_t i = 0; lfds && i < (size_t)srv->nworkers * KL_LISTENERS_MAX; i++)
+  for (size_t i = 0; lfds && i < nlfds; i++)
     if (lfds[i] >= 0) close(lfds[i]);
   free(lfds);
   if (grpc_fd >= 0) close(grpc_fd);
