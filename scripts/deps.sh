@@ -1,7 +1,7 @@
 #!/bin/sh
 # deps.sh - installs the Debian packages keel needs to build and test (or those named); does nothing when all are present.
 set -eu
-PKGS="build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev libyaml-dev libcmocka-dev python3 curl zlib1g-dev librdkafka-dev libnghttp2-dev libssl-dev kcat prometheus python3-protobuf python3-yaml python3-grpcio libhiredis-dev redis-server nginx openssl yamllint binutils clang-tidy cppcheck"
+PKGS="build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev libyaml-dev libcmocka-dev python3 curl zlib1g-dev librdkafka-dev libnghttp2-dev libssl-dev libseccomp-dev kcat prometheus python3-protobuf python3-yaml python3-grpcio libhiredis-dev redis-server nginx openssl yamllint binutils clang-tidy cppcheck"
 missing=""
 [ $# -eq 0 ] || PKGS="$*" # another list: scripts/deps-arm.sh
 for p in $PKGS; do

@@ -100,6 +100,8 @@ typedef struct keel_config {
   uint32_t files_keep;           /**< file sink: files kept per signal */
   uint32_t pipeline_flush_ms;    /**< at shutdown: time to deliver what the buffer holds */
   char admin_listen[128];        /**< admin endpoint "HOST:PORT" on loopback (POST /-/reload); "" = off */
+  char security_user[64];        /**< after binding: run as this user name or "UID:GID"; "" = no change */
+  uint8_t security_seccomp;      /**< after binding: 0 off, 1 on (kill on other calls), 2 log */
 } keel_config;
 
 /** Fills `cfg` with the defaults (no file needed). */

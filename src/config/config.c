@@ -14,6 +14,7 @@
 #include <yaml.h>
 
 #include "config/config.h"
+#include "core/sandbox.h"
 #include "http/tls.h"
 #include "keel/keel.h"
 
@@ -42,6 +43,7 @@ enum kind {
 enum {
   KF_EMPTY = 1,  /* "" is a valid value (off, or none) */
   KF_ALWAYS = 2, /* K_DURATION: "always" means 0 */
+  KF_USER = 4,   /* K_TEXT: a user name or "UID:GID" (kl_sandbox_user_check) */
 };
 
 #define KIB UINT64_C(1024)
@@ -194,6 +196,12 @@ static const key keys[] = {
      "file sink: files kept per signal (the oldest is deleted)"},
     {"shutdown.flush_timeout", K_DURATION, FIELD(pipeline_flush_ms), 0, 10 * MINUTE, "5s",
      "at shutdown: time to deliver what the buffer holds (the rest waits on disk)"},
+    {"security.user", K_TEXT, FIELD(security_user), 0, 0, "",
+     "once the listeners are bound: switch to this user (name, or UID:GID); empty: no change",
+     NULL, KF_EMPTY | KF_USER},
+    {"security.seccomp", K_CHOICE, FIELD(security_seccomp), 0, 2, "off",
+     "once the listeners are bound: allow only keel's system calls (on: others kill the "
+     "process; log: others are logged by the kernel)", "off|on|log"},
 };
 #pragma GCC diagnostic pop
 
@@ -392,6 +400,7 @@ static int parse_string(const key *k, const char *s, char *msg, size_t n) {
       seterr(msg, n, "empty value");
       return -EINVAL;
     }
+    if (k->flags & KF_USER) return kl_sandbox_user_check(s, msg, n);
     return parse_text(s, k->size, msg, n);
   default:
     if (!s[0] && (k->flags & KF_EMPTY)) return 0;
@@ -911,6 +920,13 @@ int keel_config_validate(const keel_config *cfg, char *err, size_t errlen) {
     seterr(err, errlen, "workers (%" PRIu32 ") must not exceed max_connections (%" PRIu32 ")",
            cfg->workers, cfg->max_connections);
     return -EINVAL;
+  }
+  if (cfg->security_user[0]) { /* a name must exist now, not only when the process drops to it */
+    kl_sandbox_user u;
+    if (kl_sandbox_user_resolve(cfg->security_user, &u, msg, sizeof msg) != 0) {
+      seterr(err, errlen, "security.user: %s", msg);
+      return -EINVAL;
+    }
   }
   return 0;
 }

@@ -17,6 +17,7 @@
 
 #include "core/cpus.h"
 #include "core/keys.h"
+#include "core/sandbox.h"
 #include "http/otlp_http.h"
 #include "gateway/gw.h"
 #include "gateway/health.h"
@@ -628,7 +629,10 @@ static int open_listeners(keel_server *srv, int *fds) {
       char buf[160];
       keel_log(srv, KEEL_LOG_ERROR, "cannot listen", "listener", li->name, "address",
                addr_text(li, buf, sizeof(buf)), "error", strerror(-fd), NULL);
-      while (l--) close(fds[l]);
+      while (l--) {
+        close(fds[l]);
+        fds[l] = -1;
+      }
       return fd;
     }
     if (port == 0) {
@@ -798,6 +802,42 @@ static void raise_nofile(keel_server *srv) {
   }
 }
 
+/* security.user and security.seccomp, once every listener is bound and before data_dir is touched
+ * or the pipeline's, tracer's and workers' threads start (the log writer already runs: setuid
+ * and the filter's TSYNC cover it). Refuses to run (nonzero) when either fails. Main thread. */
+static int sandbox_enter(keel_server *srv) {
+  const keel_config *cfg = &srv->cfg;
+  char err[320], ids[48];
+  if (cfg->security_user[0]) {
+    kl_sandbox_user u;
+    int rc = kl_sandbox_user_resolve(cfg->security_user, &u, err, sizeof err);
+    if (rc == 0) rc = kl_sandbox_drop(&u, err, sizeof err);
+    if (rc != 0) {
+      keel_log(srv, KEEL_LOG_ERROR, "cannot switch user: refusing to run", "user",
+               cfg->security_user, "error", err, NULL);
+      return rc;
+    }
+    if (cfg->pipeline_enabled && access(cfg->data_dir, W_OK | X_OK) != 0 && errno != ENOENT) {
+      keel_log(srv, KEEL_LOG_ERROR, "data_dir is not writable by security.user", "user",
+               cfg->security_user, "data_dir", cfg->data_dir, "error", strerror(errno), NULL);
+      return -EACCES;
+    }
+    snprintf(ids, sizeof ids, "%u:%u", (unsigned)u.uid, (unsigned)u.gid);
+    keel_log(srv, KEEL_LOG_INFO, "switched user", "user", cfg->security_user, "ids", ids, NULL);
+  }
+  if (cfg->security_seccomp != KL_SECCOMP_OFF) {
+    int rc = kl_sandbox_seccomp(cfg->security_seccomp, err, sizeof err);
+    if (rc != 0) {
+      keel_log(srv, KEEL_LOG_ERROR, "cannot install the seccomp filter: refusing to run", "error",
+               err, NULL);
+      return rc;
+    }
+    keel_log(srv, KEEL_LOG_INFO, "seccomp filter installed", "mode",
+             cfg->security_seccomp == KL_SECCOMP_LOG ? "log" : "on", NULL);
+  }
+  return 0;
+}
+
 /* Drain phases of the main thread. */
 enum { PH_RUN, PH_DELAY, PH_DRAIN, PH_DONE };
 
@@ -817,12 +857,25 @@ int keel_server_run(keel_server *srv) {
   raise_nofile(srv);
   srv->nworkers = cfg->workers ? cfg->workers : kl_cpus_usable();
   srv->workers = calloc(srv->nworkers, sizeof(*srv->workers));
+  /* Every worker's listening sockets, bound before the sandbox; a row is -1 once a worker owns it. */
+  const size_t nlfds = (size_t)srv->nworkers * KL_LISTENERS_MAX;
+  int *lfds = malloc(nlfds * sizeof(int)), grpc_fd = -1;
+  for (size_t i = 0; lfds && i < nlfds; i++) lfds[i] = -1;
   unsigned started = 0;
   int rc = 0;
-  if (sfd < 0 || !srv->workers) {
+  if (sfd < 0 || !srv->workers || !lfds) {
     rc = sfd < 0 ? -errno : -ENOMEM;
     goto out;
   }
+  for (unsigned i = 0; i < srv->nworkers; i++)
+    if ((rc = open_listeners(srv, lfds + (size_t)i * KL_LISTENERS_MAX)) != 0) goto out;
+  if (cfg->pipeline_enabled && cfg->otlp_grpc_listen[0] &&
+      (grpc_fd = kl_grpc_listen(cfg->otlp_grpc_listen, buf, sizeof buf)) < 0) {
+    keel_log(srv, KEEL_LOG_ERROR, "cannot start the OTLP/gRPC receiver", "error", buf, NULL);
+    rc = grpc_fd;
+    goto out;
+  }
+  if ((rc = sandbox_enter(srv)) != 0) goto out;
   if (cfg->trace_endpoint[0] && (rc = tracer_start(srv)) != 0) goto out;
   if (cfg->pipeline_enabled) {
     char perr[320];
@@ -831,12 +884,14 @@ int keel_server_run(keel_server *srv) {
       rc = -EINVAL;
       goto out;
     }
-    if (cfg->otlp_grpc_listen[0] &&
-        !(srv->grpc = kl_grpc_start(cfg, srv, srv->pipeline, perr, sizeof(perr)))) {
+    if (grpc_fd >= 0 &&
+        !(srv->grpc = kl_grpc_start(cfg, srv, srv->pipeline, grpc_fd, perr, sizeof(perr)))) {
+      grpc_fd = -1; /* closed by kl_grpc_start */
       keel_log(srv, KEEL_LOG_ERROR, "cannot start the OTLP/gRPC receiver", "error", perr, NULL);
       rc = -EINVAL;
       goto out;
     }
+    grpc_fd = -1;
   }
   if (srv->gw) {
     char herr[160] = "";
@@ -853,9 +908,9 @@ int keel_server_run(keel_server *srv) {
     goto out;
   }
   for (unsigned i = 0; i < srv->nworkers; i++) {
-    int fds[KL_LISTENERS_MAX];
-    if ((rc = open_listeners(srv, fds)) != 0) goto out;
-    rc = worker_init(srv, &srv->workers[i], i, fds);
+    int *fds = lfds + (size_t)i * KL_LISTENERS_MAX;
+    rc = worker_init(srv, &srv->workers[i], i, fds); /* owns the sockets, even on failure */
+    for (unsigned l = 0; l < KL_LISTENERS_MAX; l++) fds[l] = -1;
     if (cfg->metrics_enabled) srv->workers[i].mb = kl_metrics_block(srv->metrics, i);
     if (rc) {
       worker_cleanup(&srv->workers[i]);
@@ -956,6 +1011,10 @@ out:
   kl_pipeline_stop(srv->pipeline); /* delivers for up to shutdown.flush_timeout */
   srv->pipeline = NULL;
   for (unsigned i = 0; i < started; i++) worker_cleanup(&srv->workers[i]);
+  for (size_t i = 0; lfds && i < nlfds; i++)
+    if (lfds[i] >= 0) close(lfds[i]);
+  free(lfds);
+  if (grpc_fd >= 0) close(grpc_fd);
   free(srv->workers);
   srv->workers = NULL;
   kl_tracer_free(srv->tracer); /* exports what is queued, for at most tracing.export_timeout */

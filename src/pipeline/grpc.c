@@ -909,9 +909,7 @@ static void grpc_free(kl_grpc *g) {
   free(g);
 }
 
-/* Binds "HOST:PORT" ("[v6]:PORT"; port 0 picks one): the listening fd or negative errno. */
-static int bind_listen(const char *text, int *port, char *addr, size_t addrlen, char *err,
-                       size_t errlen) {
+int kl_grpc_listen(const char *text, char *err, size_t errlen) {
   char host[128];
   const char *colon = strrchr(text, ':'), *t = text;
   if (!colon) {
@@ -946,27 +944,27 @@ static int bind_listen(const char *text, int *port, char *addr, size_t addrlen, 
     return -e;
   }
   freeaddrinfo(res);
-  struct sockaddr_storage a = {0};
-  socklen_t alen = sizeof a;
-  char h[64] = "?", p[16] = "0";
-  if (getsockname(fd, (struct sockaddr *)&a, &alen) != 0) {
-    int e = errno;
-    snprintf(err, errlen, "otlp.grpc_listen: %s: %s", text, strerror(e));
-    close(fd);
-    return -e;
-  }
-  getnameinfo((struct sockaddr *)&a, alen, h, sizeof h, p, sizeof p,
-              NI_NUMERICHOST | NI_NUMERICSERV);
-  snprintf(addr, addrlen, a.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, p);
-  *port = (int)strtol(p, NULL, 10);
   return fd;
 }
 
-kl_grpc *kl_grpc_start(const keel_config *cfg, keel_server *srv, kl_pipeline *p, char *err,
-                       size_t errlen) {
+/* The bound address of `fd` as "HOST:PORT" ("[v6]:PORT") and its port (0 if unknown). */
+static int bound_addr(int fd, char *addr, size_t addrlen) {
+  struct sockaddr_storage a = {0};
+  socklen_t alen = sizeof a;
+  char h[64] = "?", p[16] = "0";
+  if (getsockname(fd, (struct sockaddr *)&a, &alen) == 0)
+    getnameinfo((struct sockaddr *)&a, alen, h, sizeof h, p, sizeof p,
+                NI_NUMERICHOST | NI_NUMERICSERV);
+  snprintf(addr, addrlen, a.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, p);
+  return (int)strtol(p, NULL, 10);
+}
+
+kl_grpc *kl_grpc_start(const keel_config *cfg, keel_server *srv, kl_pipeline *p, int lfd,
+                       char *err, size_t errlen) {
   kl_grpc *g = calloc(1, sizeof(*g));
   if (!g) {
     snprintf(err, errlen, "out of memory");
+    close(lfd);
     return NULL;
   }
   g->cfg = *cfg;
@@ -979,9 +977,8 @@ kl_grpc *kl_grpc_start(const keel_config *cfg, keel_server *srv, kl_pipeline *p,
   kl_ingest_scratch_init(&g->scratch, cfg->otlp_max_request);
   kl_buf_init(&g->inflated, cfg->otlp_max_request);
   char addr[96];
-  int fd = bind_listen(cfg->otlp_grpc_listen, &g->port, addr, sizeof addr, err, errlen);
-  if (fd < 0) goto fail;
-  g->lis.fd = fd;
+  g->lis.fd = lfd;
+  g->port = bound_addr(lfd, addr, sizeof addr);
   g->lis.cb = on_listen;
   g->conns = calloc(CONN_MAX, sizeof(*g->conns));
   g->free_slots = calloc(CONN_MAX, sizeof(*g->free_slots));

@@ -23,11 +23,18 @@ struct keel_config;
 typedef struct kl_grpc kl_grpc;
 
 /**
- * Binds cfg->otlp_grpc_listen and starts the thread (main thread, after the pipeline
- * started). NULL with a message in err. The bound address is logged ("otlp_grpc").
+ * Binds otlp.grpc_listen "HOST:PORT" ("[v6]:PORT"; port 0 picks one) and listens (main thread,
+ * before the user drop): the listening fd, or a negative errno with a message in err.
+ */
+int kl_grpc_listen(const char *addr, char *err, size_t errlen);
+
+/**
+ * Starts the receiver on `lfd` (from kl_grpc_listen; owned from here on, closed on failure too)
+ * and its thread (main thread, after the pipeline started). NULL with a message in err. The
+ * bound address is logged ("otlp_grpc").
  */
 kl_grpc *kl_grpc_start(const struct keel_config *cfg, struct keel_server *srv, kl_pipeline *p,
-                       char *err, size_t errlen);
+                       int lfd, char *err, size_t errlen);
 
 /** The bound port (useful when the config said port 0). */
 int kl_grpc_port(const kl_grpc *g);

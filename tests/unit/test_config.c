@@ -79,6 +79,8 @@ static void assert_cfg_equal(const keel_config *a, const keel_config *b) {
   assert_int_equal(a->files_rotate_bytes, b->files_rotate_bytes);
   assert_int_equal(a->files_keep, b->files_keep);
   assert_int_equal(a->pipeline_flush_ms, b->pipeline_flush_ms);
+  assert_string_equal(a->security_user, b->security_user);
+  assert_int_equal(a->security_seccomp, b->security_seccomp);
 }
 
 typedef struct tmpfile_t {
@@ -253,6 +255,8 @@ static const kcase cases[] = {
     {"files.rotate", "KEEL_FILES_ROTATE", "1GiB", 'u', GIB, 0},
     {"files.keep", "KEEL_FILES_KEEP", "3", 'u', 3, 0},
     {"shutdown.flush_timeout", "KEEL_SHUTDOWN_FLUSH_TIMEOUT", "30s", 'u', 30000, 0},
+    {"security.user", "KEEL_SECURITY_USER", "65532:65532", 'p', 0, 0},
+    {"security.seccomp", "KEEL_SECURITY_SECCOMP", "on", 'c', 1, 0},
 };
 
 /* The string (listen, path, URL, text), switch and choice fields, by key. */
@@ -277,6 +281,7 @@ static const char *str_field(const keel_config *cfg, const char *key) {
       {"kafka.topics.logs", offsetof(keel_config, kafka_topic_logs)},
       {"kafka.topics.traces", offsetof(keel_config, kafka_topic_traces)},
       {"kafka.topics.metrics", offsetof(keel_config, kafka_topic_metrics)},
+      {"security.user", offsetof(keel_config, security_user)},
   };
   for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
     if (strcmp(f[i].key, key) == 0) return (const char *)cfg + f[i].off;
@@ -299,6 +304,7 @@ static uint8_t *choice_ptr(keel_config *cfg, const char *key) {
   if (strcmp(key, "otlp.mode") == 0) return &cfg->otlp_batch;
   if (strcmp(key, "otlp.ack") == 0) return &cfg->otlp_ack_delivered;
   if (strcmp(key, "kafka.compression") == 0) return &cfg->kafka_compression;
+  if (strcmp(key, "security.seccomp") == 0) return &cfg->security_seccomp;
   fail_msg("no choice field for %s", key);
   return NULL;
 }
@@ -415,6 +421,8 @@ static void test_defaults(void **state) {
   assert_int_equal(c.files_rotate_bytes, 64 * MIB);
   assert_int_equal(c.files_keep, 10);
   assert_int_equal(c.pipeline_flush_ms, 5000);
+  assert_string_equal(c.security_user, "");
+  assert_int_equal(c.security_seccomp, 0);
   /* the rest of the listen field is zeroed */
   for (size_t i = strlen(c.listen); i < sizeof c.listen; i++) assert_int_equal(c.listen[i], 0);
   char err[256] = "";
@@ -544,7 +552,10 @@ static const char every_key_yaml[] = "# every key, nested\n"
                                      "  message_max: 2MiB\n"
                                      "files:\n"
                                      "  rotate: 1GiB\n"
-                                     "  keep: 3\n";
+                                     "  keep: 3\n"
+                                     "security:\n"
+                                     "  user: 65532:65532\n"
+                                     "  seccomp: on\n";
 
 static void test_yaml_every_key(void **state) {
   (void)state;
@@ -831,6 +842,10 @@ static void test_set_errors(void **state) {
   expect_set_error("workers", "5000", "workers: 5000 is out of range 0..1024");
   expect_set_error("workers", "", "workers: empty value");
   expect_set_error("workers", NULL, "workers: no value");
+  expect_set_error("security.user", "65532", "security.user: '65532' is not UID:GID (two numbers)");
+  expect_set_error("security.user", "1:x", "security.user: '1:x' is not UID:GID (two numbers)");
+  expect_set_error("security.user", "-x", "security.user: '-x' is neither a user name nor UID:GID");
+  expect_set_error("security.seccomp", "strict", "security.seccomp: 'strict' is not one of off|on|log");
   char err[64] = "";
   keel_config cfg;
   keel_config_init(&cfg);
