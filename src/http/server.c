@@ -618,7 +618,8 @@ static int sa_port(const struct sockaddr_storage *a) {
                                        : ((const struct sockaddr_in6 *)(const void *)a)->sin6_port);
 }
 
-/* Opens worker `i`'s socket on every listener; the first bind of port 0 picks the port. */
+/* Opens a worker's socket on every listener into fds (the caller closes them, also on failure);
+ * the first bind of port 0 picks the port. */
 static int open_listeners(keel_server *srv, int *fds) {
   for (unsigned l = 0; l < srv->nlisteners; l++) {
     kl_listener *li = &srv->listeners[l];
@@ -629,25 +630,16 @@ static int open_listeners(keel_server *srv, int *fds) {
       char buf[160];
       keel_log(srv, KEEL_LOG_ERROR, "cannot listen", "listener", li->name, "address",
                addr_text(li, buf, sizeof(buf)), "error", strerror(-fd), NULL);
-      while (l--) {
-        close(fds[l]);
-        fds[l] = -1;
-      }
       return fd;
     }
+    fds[l] = fd;
     if (port == 0) {
       struct sockaddr_storage a;
       socklen_t alen = sizeof(a);
-      if (getsockname(fd, (struct sockaddr *)&a, &alen) != 0) {
-        int e = -errno;
-        close(fd);
-        while (l--) close(fds[l]);
-        return e;
-      }
+      if (getsockname(fd, (struct sockaddr *)&a, &alen) != 0) return -errno;
       port = sa_port(&a);
     }
     atomic_store(&li->port, port);
-    fds[l] = fd;
   }
   return 0;
 }
