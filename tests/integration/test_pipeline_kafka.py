@@ -292,5 +292,34 @@ def test_sigterm_flushes_and_keeps_the_rest():
         shutil.rmtree(data, ignore_errors=True)
 
 
+def environ_of(k):
+    """The process's environment block as it is in memory (glibc's loader writes a NUL after
+    each tunable's value it parsed, so it is searched, not split) and its name."""
+    with open("/proc/%d/environ" % k.proc.pid, "rb") as f:
+        env = f.read()
+    with open("/proc/%d/comm" % k.proc.pid) as f:
+        return env, f.read().strip()
+
+
+def test_kafka_sink_runs_with_a_larger_malloc_thread_cache():
+    """With a Kafka sink keel re-executes itself once with glibc's tcache_count raised (same
+    pid, same name, same arguments); GLIBC_TUNABLES that already set it are left alone, and
+    the file sink does not re-execute."""
+    with MockCluster() as kc:
+        with Keel(env=kafka_env(kc, GLIBC_TUNABLES="glibc.malloc.check=0")) as k:
+            env, comm = environ_of(k)
+            assert b"\0GLIBC_TUNABLES=glibc.malloc.check=0" in env, env
+            assert b"glibc.malloc.tcache_count=65535\0" in env, env
+            assert comm == "keel", comm
+            st, _, _ = post(k, "/v1/logs", g.logs_request(range(10)))
+            assert st == 200
+            assert sorted(seqs_in(kc, "logs", 10)) == list(range(10))
+        with Keel(env=kafka_env(kc, GLIBC_TUNABLES="glibc.malloc.tcache_count=7")) as k:
+            env = environ_of(k)[0]
+            assert b"GLIBC_TUNABLES=glibc.malloc.tcache_count=7\0" in env and b"65535" not in env
+    with Keel() as k:
+        assert b"GLIBC_TUNABLES" not in environ_of(k)[0]
+
+
 if __name__ == "__main__":
     Suite().run(globals())
