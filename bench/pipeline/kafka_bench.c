@@ -415,21 +415,20 @@ static int usage(const char *argv0) {
   return 2;
 }
 
-/* A whole-string integer in [lo, hi]; 0 or -1. */
-static int num(const char *s, long lo, long hi, long *out) {
+/* A whole-string number in [lo, hi], a whole one if `whole`; 0 or -1. */
+static int num(const char *s, double lo, double hi, int whole, double *out) {
   char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || end == s || *end || v < lo || v > hi) return -1;
+  double v = strtod(s, &end);
+  if (end == s || *end || !(v >= lo && v <= hi) || (whole && v != (double)(long)v)) return -1;
   *out = v;
   return 0;
 }
 
-static int secs(const char *s, double lo, double *out) {
-  char *end;
-  double v = strtod(s, &end);
-  if (end == s || *end || !(v >= lo) || v > 3600) return -1;
-  *out = v;
+/* An option's whole number into a long. */
+static int whole(const char *s, long lo, long hi, long *out) {
+  double v;
+  if (num(s, (double)lo, (double)hi, 1, &v)) return -1;
+  *out = (long)v;
   return 0;
 }
 
@@ -449,12 +448,12 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--topic") == 0) o.topic = v;
     else if (strcmp(a, "--compression") == 0) o.compression = v;
     else if (strcmp(a, "--value-file") == 0) o.value_file = v;
-    else if (strcmp(a, "--seconds") == 0) bad = secs(v, 0.1, &o.seconds);
-    else if (strcmp(a, "--warmup") == 0) bad = secs(v, 0, &o.warmup);
-    else if (strcmp(a, "--size") == 0) bad = num(v, 1, KB_SIZE_MAX, &o.size);
-    else if (strcmp(a, "--headers") == 0) bad = num(v, 0, 3, &o.headers) || (o.headers % 3);
-    else if (strcmp(a, "--linger-ms") == 0) bad = num(v, 0, 900000, &o.linger_ms);
-    else if (strcmp(a, "--inflight") == 0) bad = num(v, 1, 2097152, &o.inflight);
+    else if (strcmp(a, "--seconds") == 0) bad = num(v, 0.1, 3600, 0, &o.seconds);
+    else if (strcmp(a, "--warmup") == 0) bad = num(v, 0, 3600, 0, &o.warmup);
+    else if (strcmp(a, "--size") == 0) bad = whole(v, 1, KB_SIZE_MAX, &o.size);
+    else if (strcmp(a, "--headers") == 0) bad = whole(v, 0, 3, &o.headers) || (o.headers % 3);
+    else if (strcmp(a, "--linger-ms") == 0) bad = whole(v, 0, 900000, &o.linger_ms);
+    else if (strcmp(a, "--inflight") == 0) bad = whole(v, 1, 2097152, &o.inflight);
     else bad = 1;
     if (bad) return usage(argv[0]);
   }
