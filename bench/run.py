@@ -1877,13 +1877,17 @@ def client_section(C):
              "`rd_kafka_produceva()` call (16-byte random key as a trace id, value of %d bytes without "
              "copy, timestamp, and with `--headers 3` keel's three headers `keel.signal`, "
              "`keel.schema`, `content-type`), delivery reports served by `rd_kafka_poll()` on the "
-             "producing thread, at most 65536 messages undelivered (keel's window). Values are cut "
+             "producing thread, at most 65536 messages undelivered (keel's window), keel's glibc "
+             "malloc settings (its mmap and trim thresholds; the larger thread cache keel serve runs "
+             "with, which kafka_bench sets for itself the same way: GLIBC_TUNABLES was `%s`). "
+             "Values are cut "
              "from the end-to-end input at varying offsets, so lz4 sees bytes like keel's; %d bytes "
              "is the message keel makes of one record (%s). Each run starts a fresh mock cluster "
              "(the end-to-end one) and counts the messages whose delivery report said success over a "
              "%gs window after a warm-up; producer CPU is the process's (all librdkafka threads) by "
              "`getrusage` over the window, the mock cluster's from /proc. Producer and mock share the "
-             "%d cores, unpinned.\n" % (C["size"], C["size"], C["size_from"], C["seconds"], NCPU))
+             "%d cores, unpinned.\n" % (C["size"], done[0][1]["runs"][0].get("glibc_tunables", "?"),
+                                        C["size"], C["size_from"], C["seconds"], NCPU))
     L.append("```sh")
     L.append(cmd_str(mock_argv()))
     for h, m in done:

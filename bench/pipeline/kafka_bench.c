@@ -18,7 +18,10 @@
  *   - the same loop shape: poll, produce up to 2048 messages (the sink's read size) while fewer
  *     than --inflight are undelivered (keel's window: 65536 records) and the queue takes them,
  *     poll, and sleep on the eventfd (at most 100 ms) when the window or the queue is full;
- *   - the same glibc malloc thresholds keel sets before its first producer (sink.c malloc_tune).
+ *   - the same glibc malloc settings: the thresholds keel sets before its first producer (sink.c
+ *     malloc_tune), and the thread cache keel serve gets with a Kafka sink (src/cmd/keel/main.c:
+ *     it runs itself again with glibc.malloc.tcache_count=65535 appended to GLIBC_TUNABLES, unless
+ *     GLIBC_TUNABLES names tcache_count already; so does this program, the same way opted out).
  * Keys are 16 random bytes per message (as trace ids). Values are --size bytes, no two in a row
  * alike: windows at varying offsets of --value-file (say the OTLP request the end-to-end run
  * posts, so that lz4 sees bytes like keel's), or of generated log-like text without it.
@@ -149,6 +152,33 @@ static void malloc_tune(void) {
   if (t && (strstr(t, "mmap_threshold") || strstr(t, "trim_threshold"))) return;
   mallopt(M_MMAP_THRESHOLD, KB_MMAP_MIN);
   mallopt(M_TRIM_THRESHOLD, KB_TRIM_MIN);
+#endif
+}
+
+/*
+ * glibc reads tcache_count at start-up only: so, as keel serve does, start again with it in
+ * GLIBC_TUNABLES. Returns only when nothing was to be done or the exec failed (then as is).
+ */
+static void tcache_reexec(char **argv) {
+#ifdef __GLIBC__
+  static const char want[] = "glibc.malloc.tcache_count=65535";
+  const char *cur = getenv("GLIBC_TUNABLES");
+  char path[4096], *val;
+  if (cur && strstr(cur, "glibc.malloc.tcache_count")) return;
+  ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1); /* keeps the process name */
+  if (n <= 0 || (size_t)n >= sizeof path - 1) return;
+  path[n] = '\0';
+  size_t len = (cur ? strlen(cur) + 1 : 0) + sizeof want;
+  if (!(val = malloc(len))) return;
+  snprintf(val, len, "%s%s%s", cur ? cur : "", cur ? ":" : "", want);
+  char *saved = cur ? strdup(cur) : NULL;
+  if (setenv("GLIBC_TUNABLES", val, 1) == 0) execv(path, argv);
+  if (saved) setenv("GLIBC_TUNABLES", saved, 1);
+  else unsetenv("GLIBC_TUNABLES");
+  free(saved);
+  free(val);
+#else
+  (void)argv;
 #endif
 }
 
@@ -382,13 +412,15 @@ static int run(const kb_opts *o) {
   double win = w1 - w0, cpu = c1 - c0;
   double rate = (double)st.window_delivered / win;
   double us = st.window_delivered ? cpu * 1e6 / (double)st.window_delivered : 0.0;
+  const char *tun = getenv("GLIBC_TUNABLES");
+  if (!tun || strpbrk(tun, "\"\\")) tun = ""; /* printed as a JSON string, unescaped */
   if (o->json)
     printf("{\"messages\": %" PRIu64 ", \"seconds\": %.6f, \"msgs_per_s\": %.1f, \"cpu_s\": %.6f, "
            "\"us_per_msg\": %.4f, \"failed\": %" PRIu64 ", \"undelivered\": %" PRId64
            ", \"produced\": %" PRIu64 ", \"size\": %ld, \"headers\": %ld, \"compression\": \"%s\", "
-           "\"linger_ms\": %ld, \"inflight\": %ld}\n",
+           "\"linger_ms\": %ld, \"inflight\": %ld, \"glibc_tunables\": \"%s\"}\n",
            st.window_delivered, win, rate, cpu, us, st.failed, left, st.produced, o->size,
-           o->headers, o->compression, o->linger_ms, o->inflight);
+           o->headers, o->compression, o->linger_ms, o->inflight, tun);
   else
     printf("kafka_bench: %.0f messages/s of %ld bytes, %ld headers (%" PRIu64 " in %.2f s), "
            "%.2f us of CPU per message (%.0f%% of a core), %" PRIu64 " failed, %" PRId64
@@ -458,5 +490,6 @@ int main(int argc, char **argv) {
     if (bad) return usage(argv[0]);
   }
   if (!o.brokers || !*o.brokers) return usage(argv[0]);
+  tcache_reexec(argv);
   return run(&o);
 }
