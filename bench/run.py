@@ -13,7 +13,8 @@ Usage: bench/run.py [--quick | --smoke] [--out DIR] [--servers keel,rust,go,ngin
   --pipeline-peers-only   only the Go and Rust OTLP pipeline peers (decode + split + re-encode,
              pinned to CPU 1 with one thread, and unpinned with two): their numbers as JSON on
              stdout (see pipeline_peers()); nothing is written.
-  --pipeline-only   only the telemetry pipeline (issue 5, see pipeline_bench()): end to end OTLP/HTTP
+  --pipeline-only   only the telemetry pipeline (issue 5, see pipeline_bench()): the Kafka client
+             path alone (kafka_bench), end to end OTLP/HTTP
              -> disk buffer -> Kafka mock cluster, split_bench beside the Go and Rust pipelines,
              memory with Kafka down. JSON on stdout; its section of benchmarks.md and the "pipeline"
              key of benchmarks.json are replaced, the rest kept. With --quick or --smoke as above.
@@ -829,6 +830,9 @@ def pipeline_peers(seconds=3.0, reps=1, signals=("logs",), peers=("go", "rust"),
 
 # ---- the telemetry pipeline (issue 5): OTLP/HTTP -> disk buffer -> Kafka, and the splitter alone ----
 # pipeline_bench() measures keel's shipped pipeline three ways (see the docstrings below):
+#   client    the Kafka client path alone: build/bench/kafka_bench, keel's producer settings and
+#             produce calls with no keel around them, into a fresh mock cluster, without and with
+#             keel's three headers per message: the ceiling librdkafka and the cluster set here.
 #   e2e       keel-load POSTs OTLP logs (100 records a request) to keel's OTLP/HTTP listener;
 #             keel buffers them durably and produces one Kafka message per record to a mock cluster
 #             (build/tools/kafka_mock, librdkafka's mock brokers); records/s from keel's counters.
@@ -849,12 +853,15 @@ RSS_TARGET_KB = 256 * 1024  # peak RSS, whatever the load
 PIPELINE_CFG = {
     # smoke: does the harness work (CI); no peers, no memory test, nothing asserted about speed
     "smoke": dict(reps=1, seconds=2, warmup=0.5, conns=[16], fsync=["10ms"], drain_max=5,
+                  client_seconds=1, client_warmup=0.3,
                   null_seconds=1, null_modes=["pinned"], peers=False, memory=False, max_other=1000),
     "quick": dict(reps=1, seconds=4, warmup=1, conns=[16, 64], fsync=["10ms", "always"], drain_max=5,
+                  client_seconds=2, client_warmup=0.5,
                   null_seconds=2, null_modes=["pinned", "two"], peers=True, memory=True,
                   buffer_max="256MiB", hold=4, fill_max=60, up_max=90, max_other=100, profile=True),
     "full": dict(reps=3, seconds=8, warmup=2, conns=[16, 32, 64], fsync=["10ms", "always"],
-                 drain_max=10, null_seconds=3, null_modes=["pinned", "two"], peers=True, memory=True,
+                 drain_max=10, client_seconds=8, client_warmup=1,
+                 null_seconds=3, null_modes=["pinned", "two"], peers=True, memory=True,
                  buffer_max="256MiB", hold=10, fill_max=90, up_max=180, max_other=15, profile=True),
 }
 
@@ -1342,6 +1349,90 @@ def nullsink_all(pc, body):
     return res
 
 
+# -- the Kafka client path alone --
+
+CLIENT_HEADERS = (0, 3)    # kafka_bench --headers: none, and keel's three (signal, schema, content type)
+CLIENT_SIZE_DEFAULT = 909  # bytes per single-record message of the default input, when not measured
+
+
+def kafka_bench_path():
+    return os.path.join(BUILD, "bench", "kafka_bench")
+
+
+def message_size(body):
+    """(bytes, how) of the Kafka message value keel makes of one record of `body`: the null sink's
+    "bytes out per record" (split_bench, one pass over the request), or CLIENT_SIZE_DEFAULT."""
+    argv = [split_bench_path(), "--input", body, "--iterations", "1", "--signal", "logs", "--json"]
+    if os.access(split_bench_path(), os.X_OK):
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if p.returncode == 0 and p.stdout.strip():
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            if r.get("records"):
+                return int(round(r["bytes_out"] / r["records"])), "split_bench, one pass over the input"
+    return CLIENT_SIZE_DEFAULT, "default (split_bench not available)"
+
+
+def kafka_bench_argv(bootstrap, pc, size, headers, body):
+    """kafka_bench's command line: keel's defaults for compression, linger and records in flight;
+    values cut from the end-to-end input, so that lz4 sees bytes like keel's."""
+    return [kafka_bench_path(), "--brokers", bootstrap, "--topic", KAFKA_TOPICS.split(",")[0],
+            "--seconds", "%g" % pc["client_seconds"], "--warmup", "%g" % pc["client_warmup"],
+            "--size", str(size), "--headers", str(headers), "--compression", "lz4", "--linger-ms", "5",
+            "--inflight", "65536", "--value-file", body, "--json"]
+
+
+def client_run(pc, body, size, headers):
+    """One kafka_bench run on a fresh mock cluster: its JSON (messages delivered in the window, the
+    producer's CPU over it by getrusage), plus the mock cluster's CPU and the rest of the machine's
+    load over the same window (read from /proc, the window found by sleeping through the warm-up)."""
+    mock = KafkaMock()
+    try:
+        argv = kafka_bench_argv(mock.bootstrap, pc, size, headers, body)
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(pc["client_warmup"] + 0.05)
+        b0, m0, (t0, i0), w0 = proc_ticks(p.pid), mock.cpu_ticks(), cpu_times(), time.time()
+        time.sleep(max(0.1, pc["client_seconds"] - 0.1))
+        b1, m1, (t1, i1), w1 = proc_ticks(p.pid), mock.cpu_ticks(), cpu_times(), time.time()
+        out, err = p.communicate(timeout=pc["client_seconds"] + pc["client_warmup"] + 60)
+        mock_rss = mock.status_kb("VmHWM")
+    finally:
+        mock.stop()
+    if p.returncode != 0 or not out.strip():
+        raise RuntimeError("%s failed (%s): %s" % (" ".join(argv), p.returncode, err[-500:]))
+    r = json.loads(out.strip().splitlines()[-1])
+    wall = w1 - w0
+    r.update({"producer_cpu_pct": 100.0 * r["cpu_s"] / r["seconds"],
+              "mock_cpu_pct": 100.0 * (m1 - m0) / CLK_TCK / wall, "mock_peak_rss_kb": mock_rss,
+              "other_load_pct": max(0.0, 100.0 * ((t1 - t0) - (i1 - i0) - (b1 - b0) - (m1 - m0))
+                                    / CLK_TCK / wall),
+              "argv": argv})
+    log("pipeline client path headers=%d size=%d: %7.0f messages/s, %.2f us CPU/message, producer "
+        "%3.0f%% mock %3.0f%% other %3.0f%%" % (headers, size, r["msgs_per_s"], r["us_per_msg"],
+                                                r["producer_cpu_pct"], r["mock_cpu_pct"],
+                                                r["other_load_pct"]))
+    return r
+
+
+def client_all(pc, body):
+    """The Kafka client path alone, without and with keel's headers, `reps` times, the two taking
+    turns: {"size", "size_from", "seconds", "headers": {"0": {"runs"}, "3": {"runs"}}}, or
+    {"skipped"} (no kafka_bench) or {"error"} (a run failed: the rest of the pipeline part goes on)."""
+    if not os.access(kafka_bench_path(), os.X_OK):
+        return {"skipped": "%s not built" % kafka_bench_path()}
+    size, how = message_size(body)
+    res = {"size": size, "size_from": how, "seconds": pc["client_seconds"],
+           "headers": {str(h): {"runs": []} for h in CLIENT_HEADERS}}
+    try:
+        for _ in range(pc["reps"]):
+            for h in CLIENT_HEADERS:
+                res["headers"][str(h)]["runs"].append(quiet_enough(
+                    lambda h=h: client_run(pc, body, size, h), pc["max_other"], "client path headers=%d" % h))
+    except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as e:
+        log("pipeline client path failed: %s" % e)
+        res["error"] = str(e)
+    return res
+
+
 # -- Kafka down --
 
 def memory_run(pc, body, tmp):
@@ -1455,6 +1546,7 @@ def pipeline_bench(level="full"):
     try:
         body, P["input"] = pipeline_input(tmp)
         P["kafka_mock"] = mock_argv()
+        P["client"] = client_all(pc, body)
         P["e2e"] = e2e_all(pc, body, tmp)
         P["nullsink"] = nullsink_all(pc, body)
         if pc["memory"]:
@@ -1611,6 +1703,8 @@ def pipeline_section(P, img_dir=None):
         L.extend(prof["dso"] + [""] + prof["sym"])
         L.append("```\n")
 
+    L.extend(client_section(P.get("client")))
+
     # null sink
     ns = P["nullsink"]
     L.append("### Decode + split + re-encode into a null sink\n")
@@ -1697,6 +1791,7 @@ def pipeline_section(P, img_dir=None):
         if behind:
             why += ("; delivery did not keep up (pending grew by %.0fk records/s)"
                     % (rmed(runs, "pending_growth_per_s")[0] / 1000))
+        why += client_why(P.get("client"))
         line(sus >= E2E_TARGET, "end to end, fsync `%s`: %.0f records/s sustained (accepted %.0f, delivered "
              "%.0f), target >= %d" % (fs, sus, rmed(runs, "records_accepted_per_s")[0],
                                       rmed(runs, "records_delivered_per_s")[0], E2E_TARGET), why)
@@ -1743,6 +1838,8 @@ def pipeline_section(P, img_dir=None):
                                                                   mem["drain_records_per_s"] / 1000))
     flagged = [("e2e %s c=%d" % (r["fsync"], r["conns"]), r["other_load_pct"])
                for m in e2e["modes"].values() for r in m["runs"] if r.get("busy")]
+    flagged += [("client path headers=%s" % h, r["other_load_pct"])
+                for h, m in client_measured(P.get("client")) for r in m["runs"] if r.get("busy")]
     if "skipped" not in ns:
         flagged += [("null sink %s %s" % (p, mode), r["other_load_pct"])
                     for p, pm in ns["programs"].items() for mode, m in pm.items()
@@ -1754,6 +1851,79 @@ def pipeline_section(P, img_dir=None):
         L.append("\n![pipeline records/s](img/pipeline.png)")
     L.append("")
     return L
+
+
+def client_measured(C):
+    """[(headers, {"runs"})] of the client-path measurement that have runs (none for an older run's
+    JSON without the key, or when it was skipped)."""
+    if not C or "skipped" in C:
+        return []
+    return [(h, m) for h, m in C.get("headers", {}).items() if m["runs"]]
+
+
+def client_section(C):
+    """The "Kafka client path alone" subsection's lines ([] for an older run without it)."""
+    if not C:
+        return []
+    L = ["### Kafka client path alone: librdkafka into the mock cluster, no keel\n"]
+    if "skipped" in C:
+        return L + ["Not measured: %s.\n" % C["skipped"]]
+    done = client_measured(C)
+    if not done:
+        return L + ["Not measured: %s.\n" % C.get("error", "no run finished")]
+    L.append("`build/bench/kafka_bench` does what keel's sink does per record and nothing else: the "
+             "same librdkafka producer (idempotent, `acks=all`, lz4, `linger.ms` 5, "
+             "`partitioner=murmur2_random`, keel's queue limits, `message.timeout.ms=0`), the same "
+             "`rd_kafka_produceva()` call (16-byte random key as a trace id, value of %d bytes without "
+             "copy, timestamp, and with `--headers 3` keel's three headers `keel.signal`, "
+             "`keel.schema`, `content-type`), delivery reports served by `rd_kafka_poll()` on the "
+             "producing thread, at most 65536 messages undelivered (keel's window), keel's glibc "
+             "malloc settings (its mmap and trim thresholds; the larger thread cache keel serve runs "
+             "with, which kafka_bench sets for itself the same way: GLIBC_TUNABLES was `%s`). "
+             "Values are cut "
+             "from the end-to-end input at varying offsets, so lz4 sees bytes like keel's; %d bytes "
+             "is the message keel makes of one record (%s). Each run starts a fresh mock cluster "
+             "(the end-to-end one) and counts the messages whose delivery report said success over a "
+             "%gs window after a warm-up; producer CPU is the process's (all librdkafka threads) by "
+             "`getrusage` over the window, the mock cluster's from /proc. Producer and mock share the "
+             "%d cores, unpinned.\n" % (C["size"], done[0][1]["runs"][0].get("glibc_tunables", "?"),
+                                        C["size"], C["size_from"], C["seconds"], NCPU))
+    L.append("```sh")
+    L.append(cmd_str(mock_argv()))
+    for h, m in done:
+        a = ["<bootstrap>" if i and m["runs"][0]["argv"][i - 1] == "--brokers" else x
+             for i, x in enumerate(m["runs"][0]["argv"])]
+        L.append(cmd_str(a))
+    L.append("```\n")
+    L.append("| headers per message | value bytes | messages/s delivered | producer CPU % "
+             "| us of CPU per message | mock CPU % | failed deliveries |")
+    L.append("|---|---|---|---|---|---|---|")
+    names = {"0": "none", "3": "keel's 3"}
+    for h, m in done:
+        runs = m["runs"]
+        L.append("| %s | %d | %s | %s | %s | %s | %d |" % (
+            names.get(h, h), C["size"], kfmt(rmed(runs, "msgs_per_s")),
+            fmt_range(rmed(runs, "producer_cpu_pct")), fmt_range(rmed(runs, "us_per_msg"), 1, 2),
+            fmt_range(rmed(runs, "mock_cpu_pct")), sum(r["failed"] for r in runs)))
+    L.append("")
+    if C.get("error"):
+        L.append("A run failed: %s.\n" % C["error"])
+    return L
+
+
+def client_why(C):
+    """The end-to-end miss's clause about the client path alone ("" for an older run without it)."""
+    got = dict(client_measured(C))
+    if "3" not in got:
+        return ""
+    r3 = got["3"]["runs"]
+    text = ("; the Kafka client path alone, with keel's three headers, delivered %.0f messages/s using "
+            "%.2f us of CPU per message" % (rmed(r3, "msgs_per_s")[0], rmed(r3, "us_per_msg")[0]))
+    if "0" in got:
+        r0 = got["0"]["runs"]
+        text += " (%.0f messages/s and %.2f us without headers)" % (rmed(r0, "msgs_per_s")[0],
+                                                                  rmed(r0, "us_per_msg")[0])
+    return text
 
 
 def split_cost(runs):
@@ -1814,6 +1984,9 @@ def pipeline_failures(P):
             if not r["accepted_total"] or not r["delivered_total"]:
                 bad.append("e2e %s: %d records accepted, %d delivered" % (r["fsync"], r["accepted_total"],
                                                                          r["delivered_total"]))
+    C = P.get("client") or {}
+    if C.get("error"):
+        bad.append("client path: " + C["error"])
     return bad
 
 
