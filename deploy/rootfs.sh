@@ -17,7 +17,7 @@ UID_KEEL=65532
 # Libraries keel loads at run time with dlopen() (src/: grep dlopen): not in `ldd keel`.
 # TLS (libssl, libcrypto), the Kafka sink (librdkafka), the gateway's Redis client (hiredis),
 # security.seccomp (libseccomp).
-DLOPENED="libssl.so.3 libcrypto.so.3 librdkafka.so.1 libhiredis.so.0.14 libseccomp.so.2"
+DLOPENED="libssl.so.3 libcrypto.so.3 librdkafka.so.1 libhiredis.so.0.14 libseccomp.so.2 libz.so.1 libyaml-0.so.2"
 
 [ -x "$BIN" ] || { echo "rootfs: $BIN is not an executable" >&2; exit 1; }
 mkdir -p "$DEST/usr/bin" "$DEST/etc/keel" "$DEST/etc/ssl/certs" "$DEST/var/lib/keel" "$DEST/tmp"

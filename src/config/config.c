@@ -11,9 +11,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
-#include <yaml.h>
 
 #include "config/config.h"
+#include "config/yml.h"
 #include "core/sandbox.h"
 #include "http/tls.h"
 #include "keel/keel.h"
@@ -1190,6 +1190,8 @@ int keel_config_load_file(keel_config *cfg, const char *path, char *err, size_t 
     seterr(err, errlen, "no config or path");
     return -EINVAL;
   }
+  int lrc = kl_yaml_load(err, errlen);
+  if (lrc) return lrc;
   FILE *f = fopen(path, "rbe");
   if (!f) {
     int e = errno;

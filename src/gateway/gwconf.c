@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <yaml.h>
 
 #include "config/config.h"
+#include "config/yml.h"
 #include "core/keys.h"
 #include "gateway/cache.h"
 #include "gateway/jschema.h"
@@ -811,6 +811,7 @@ static int load_doc(gwl *L) {
 kl_gw *kl_gw_load(const char *path, const kl_gw_handler *handlers, size_t nhandlers, char *err,
                   size_t errlen) {
   gwl L = {.path = path, .handlers = handlers, .nhandlers = nhandlers, .err = err, .errlen = errlen};
+  if (kl_yaml_load(err, errlen)) return NULL;
   FILE *f = fopen(path, "rbe");
   if (!f) {
     snprintf(err, errlen, "%s: %s", path, strerror(errno));

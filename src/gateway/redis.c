@@ -15,6 +15,7 @@
 
 #include <hiredis/async.h>
 
+#include "core/dl.h"
 #include "obs/trace.h"
 
 /*
@@ -31,27 +32,17 @@ static struct {
   KL_HIREDIS_FUNCS(KL_HIREDIS_FIELD)
 #undef KL_HIREDIS_FIELD
 } hr;
-static pthread_once_t hr_once = PTHREAD_ONCE_INIT;
-static char hr_err[200];
-static int hr_rc;
+#define KL_HIREDIS_NAME(f) #f,
+static const char *const hr_names[] = {KL_HIREDIS_FUNCS(KL_HIREDIS_NAME)};
+#undef KL_HIREDIS_NAME
+_Static_assert(sizeof hr == sizeof hr_names / sizeof *hr_names * sizeof(void *),
+               "a pointer a name");
 
-static void hr_load(void) {
-  void *h = dlopen("libhiredis.so.0.14", RTLD_NOW | RTLD_LOCAL);
-  if (!h) {
-    snprintf(hr_err, sizeof hr_err, "cannot load libhiredis.so.0.14 (install libhiredis0.14): %s",
-             dlerror());
-    hr_rc = -ENOENT;
-    return;
-  }
-#define KL_HIREDIS_SYM(f)                                                                      \
-  if (!(*(void **)(void *)&hr.f = dlsym(h, #f))) {                                             \
-    snprintf(hr_err, sizeof hr_err, "libhiredis.so.0.14 lacks %s", #f);                        \
-    hr_rc = -ENOENT;                                                                           \
-    return;                                                                                    \
-  }
-  KL_HIREDIS_FUNCS(KL_HIREDIS_SYM)
-#undef KL_HIREDIS_SYM
-}
+static void *hr_open(void) { return dlopen("libhiredis.so.0.14", RTLD_NOW | RTLD_LOCAL); }
+
+static kl_dl_lib hr_lib = {.soname = "libhiredis.so.0.14", .package = "libhiredis0.14",
+                           .open = hr_open, .names = hr_names,
+                           .n = sizeof hr_names / sizeof *hr_names, .table = &hr};
 
 /* Most arguments of one command (EVALSHA + sha + nkeys + keys and args). */
 #define ARGS_MAX 32
@@ -635,11 +626,7 @@ static void on_retry_timer(kl_timer *t) {
 }
 
 kl_redis *kl_redis_new(kl_loop *loop, const kl_redis_config *cfg, char *err, size_t errlen) {
-  pthread_once(&hr_once, hr_load);
-  if (hr_rc) {
-    snprintf(err, errlen, "%s", hr_err);
-    return NULL;
-  }
+  if (kl_dl_load(&hr_lib, err, errlen)) return NULL;
   if (!cfg->host[0] || cfg->max_in_flight == 0 || cfg->timeout_ms == 0) {
     snprintf(err, errlen, "redis: no address, or max_in_flight/timeout 0");
     return NULL;

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/epoll.h>
 
+#include "core/dl.h"
+
 /* Mozilla's "intermediate" TLS 1.2 suites without the DHE ones (no DH parameters to manage):
  * forward secrecy and AEAD only. TLS 1.3 keeps OpenSSL's default suites. */
 #define KL_TLS12_CIPHERS                                                                       \
@@ -21,43 +23,21 @@
 
 /* ---- loading ------------------------------------------------------------ */
 
-/* Process-wide on purpose: a shared library is mapped once per process whatever uses it. */
-static kl_tls_table table;
-static pthread_once_t once = PTHREAD_ONCE_INIT;
-static char load_err[256];
-static int load_rc;
-
-static void load(void) {
-  void *h = dlopen("libssl.so.3", RTLD_NOW | RTLD_LOCAL);
-  if (!h) {
-    snprintf(load_err, sizeof load_err, "cannot load libssl.so.3 (install libssl3): %s",
-             dlerror());
-    load_rc = -ENOENT;
-    return;
-  }
-  /* The table holds only function pointers, in the order of KL_TLS_FUNCS. */
-  static const char *const names[] = {
 #define KL_TLS_NAME(f) #f,
-      KL_TLS_FUNCS(KL_TLS_NAME)
+static const char *const fn_names[] = {KL_TLS_FUNCS(KL_TLS_NAME)};
 #undef KL_TLS_NAME
-  };
-  _Static_assert(sizeof(names) / sizeof(names[0]) * sizeof(void *) == sizeof(kl_tls_table),
-                 "one pointer per function");
-  void **slot = (void **)(void *)&table;
-  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-    if (!(slot[i] = dlsym(h, names[i]))) {
-      snprintf(load_err, sizeof load_err, "libssl.so.3 lacks %s", names[i]);
-      load_rc = -ENOENT;
-      return;
-    }
-  }
-}
+static kl_tls_table table;
+_Static_assert(sizeof table == sizeof fn_names / sizeof *fn_names * sizeof(void *),
+               "a pointer a name");
 
-int kl_tls_load(char *err, size_t errlen) {
-  pthread_once(&once, load);
-  if (load_rc && err && errlen) snprintf(err, errlen, "%s", load_err);
-  return load_rc;
-}
+static void *open_lib(void) { return dlopen("libssl.so.3", RTLD_NOW | RTLD_LOCAL); }
+
+/* Process-wide on purpose: a shared library is mapped once per process whatever uses it. */
+static kl_dl_lib lib = {.soname = "libssl.so.3", .package = "libssl3", .open = open_lib,
+                        .names = fn_names, .n = sizeof fn_names / sizeof *fn_names,
+                        .table = &table};
+
+int kl_tls_load(char *err, size_t errlen) { return kl_dl_load(&lib, err, errlen); }
 
 const kl_tls_table *kl_tls_fn(void) { return &table; }
 

@@ -21,11 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <zlib.h>
-
 #include "core/buf.h"
 #include "core/ring.h"
 #include "core/utf8.h"
+#include "core/zl.h"
 #include "keel/keel.h"
 
 /*
@@ -1357,8 +1356,9 @@ static int exporter_init(kl_tracer *t) {
   if (!x->prefix || !x->head) return -ENOMEM;
   if (t->compression == KL_TRACE_COMPRESS_GZIP) {
     /* windowBits 15 + 16: a gzip header and trailer rather than zlib's. */
-    if (deflateInit2(&x->z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
-        Z_OK)
+    if (kl_zlib_load(NULL, 0) ||
+        deflateInit2(&x->z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
+            Z_OK)
       return -ENOMEM;
     x->z_ready = true;
     kl_buf_init(&x->zbuf, deflateBound(&x->z, (uLong)t->max_request) + 64);

@@ -10,9 +10,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "core/keys.h"
+#include "core/zl.h"
 #include "keel/keel.h"
 #include "keel/metrics.h"
 #include "obs/metrics.h"
@@ -164,7 +164,7 @@ void kl_ingest_scratch_free(kl_ingest_scratch *s) {
 long kl_gunzip(const uint8_t *in, size_t len, uint8_t *out, size_t cap) {
   z_stream z;
   memset(&z, 0, sizeof(z));
-  if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) return -ENOMEM;
+  if (kl_zlib_load(NULL, 0) || inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) return -ENOMEM;
   z.next_in = (Bytef *)(uintptr_t)in;
   z.avail_in = (uInt)len;
   z.next_out = out;

@@ -3,38 +3,21 @@
 #include "pipeline/rdk.h"
 
 #include <dlfcn.h>
-#include <errno.h>
-#include <pthread.h>
-#include <stdio.h>
+
+#include "core/dl.h"
+
+#define KL_RDK_NAME(f) #f,
+static const char *const names[] = {KL_RDK_FUNCS(KL_RDK_NAME)};
+#undef KL_RDK_NAME
+static kl_rdk_table table;
+_Static_assert(sizeof table == sizeof names / sizeof *names * sizeof(void *), "a pointer a name");
+
+static void *open_lib(void) { return dlopen("librdkafka.so.1", RTLD_NOW | RTLD_LOCAL); }
 
 /* Process-wide on purpose: a shared library is mapped once per process whatever uses it. */
-static kl_rdk_table table;
-static pthread_once_t once = PTHREAD_ONCE_INIT;
-static char load_err[256];
-static int load_rc;
+static kl_dl_lib lib = {.soname = "librdkafka.so.1", .package = "librdkafka1", .open = open_lib,
+                        .names = names, .n = sizeof names / sizeof *names, .table = &table};
 
-static void load(void) {
-  void *h = dlopen("librdkafka.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (!h) {
-    snprintf(load_err, sizeof load_err, "cannot load librdkafka.so.1 (install librdkafka1): %s",
-             dlerror());
-    load_rc = -ENOENT;
-    return;
-  }
-#define KL_RDK_SYM(f)                                                                          \
-  if (!(*(void **)(void *)&table.f = dlsym(h, #f))) {                                          \
-    snprintf(load_err, sizeof load_err, "librdkafka.so.1 lacks %s", #f);                       \
-    load_rc = -ENOENT;                                                                         \
-    return;                                                                                    \
-  }
-  KL_RDK_FUNCS(KL_RDK_SYM)
-#undef KL_RDK_SYM
-}
-
-int kl_rdk_load(char *err, size_t errlen) {
-  pthread_once(&once, load);
-  if (load_rc && err && errlen) snprintf(err, errlen, "%s", load_err);
-  return load_rc;
-}
+int kl_rdk_load(char *err, size_t errlen) { return kl_dl_load(&lib, err, errlen); }
 
 const kl_rdk_table *kl_rdk(void) { return &table; }
