@@ -14,7 +14,8 @@
 
 #include <dlfcn.h>
 #include <openssl/evp.h>
-#include <pthread.h>
+
+#include "core/dl.h"
 
 #define DIGEST 32
 #define FILE_MAX (4u << 20) /* a key file larger than this is a mistake */
@@ -49,18 +50,17 @@ static struct {
   __typeof__(&EVP_Digest) digest;
   __typeof__(&EVP_sha256) sha256;
 } crypto;
-static pthread_once_t crypto_once = PTHREAD_ONCE_INIT;
+static const char *const crypto_names[] = {"EVP_Digest", "EVP_sha256"}; /* crypto's order */
 
-static void crypto_load(void) {
-  void *h = dlopen("libcrypto.so.3", RTLD_NOW | RTLD_LOCAL);
-  if (!h) return;
-  *(void **)(void *)&crypto.digest = dlsym(h, "EVP_Digest");
-  *(void **)(void *)&crypto.sha256 = dlsym(h, "EVP_sha256");
-}
+static void *crypto_open(void) { return dlopen("libcrypto.so.3", RTLD_NOW | RTLD_LOCAL); }
+
+static kl_dl_lib crypto_lib = {.soname = "libcrypto.so.3", .package = "libssl3",
+                               .open = crypto_open, .names = crypto_names, .n = 2,
+                               .table = &crypto};
 
 static int sha256(const void *p, size_t n, unsigned char out[DIGEST]) {
   unsigned int len = 0;
-  if (!crypto.digest || !crypto.sha256) return -EIO;
+  if (kl_dl_load(&crypto_lib, NULL, 0)) return -EIO;
   return crypto.digest(p, n, out, &len, crypto.sha256(), NULL) == 1 && len == DIGEST ? 0 : -EIO;
 }
 
@@ -152,11 +152,7 @@ out:
 }
 
 kl_keyring *kl_keyring_load(const char *path, char *err, size_t errlen) {
-  pthread_once(&crypto_once, crypto_load);
-  if (!crypto.digest || !crypto.sha256) {
-    snprintf(err, errlen, "cannot load libcrypto.so.3 (OpenSSL 3) for the key digests");
-    return NULL;
-  }
+  if (kl_dl_load(&crypto_lib, err, errlen)) return NULL;
   kl_keyring *k = calloc(1, sizeof(*k));
   if (k) {
     k->d = calloc(KL_KEYS_MAX, DIGEST);
