@@ -18,10 +18,10 @@
  *   - the same loop shape: poll, produce up to 2048 messages (the sink's read size) while fewer
  *     than --inflight are undelivered (keel's window: 65536 records) and the queue takes them,
  *     poll, and sleep on the eventfd (at most 100 ms) when the window or the queue is full;
- *   - the same glibc malloc settings: the thresholds keel sets before its first producer (sink.c
- *     malloc_tune), and the thread cache keel serve gets with a Kafka sink (src/cmd/keel/main.c:
- *     it runs itself again with glibc.malloc.tcache_count=65535 appended to GLIBC_TUNABLES, unless
- *     GLIBC_TUNABLES names tcache_count already; so does this program, the same way opted out).
+ *   - the same glibc malloc settings, by keel's own calls: the thresholds keel sets before its
+ *     first producer (kl_sink_malloc_tune) and the thread cache keel serve runs with a Kafka sink
+ *     (keel_malloc_tune_reexec: runs the program again with glibc.malloc.tcache_count=65535
+ *     unless GLIBC_TUNABLES names tcache_count already, which is also how to opt out).
  * Keys are 16 random bytes per message (as trace ids). Values are --size bytes, no two in a row
  * alike: windows at varying offsets of --value-file (say the OTLP request the end-to-end run
  * posts, so that lz4 sees bytes like keel's), or of generated log-like text without it.
@@ -39,9 +39,6 @@
  */
 #include <errno.h>
 #include <inttypes.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,14 +50,15 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "keel/keel.h"
+#include "pipeline/sink.h"
+
 #define KB_BATCH 2048u                  /* messages per produce round (keel: KL_SINK_READ_MAX) */
 #define KB_IDLE_MS 100                  /* longest sleep on the eventfd (keel: KL_SINK_IDLE_MS) */
 #define KB_MEMORY (64ull << 20)         /* keel's buffer.memory default */
 #define KB_MESSAGE_MAX 1000000u         /* keel's kafka.message_max default */
 #define KB_REC_EXTRA (4u + 255u)        /* keel's record head + longest key (KL_REC_HEAD, KEY_MAX) */
 #define KB_BATCH_MESSAGES "10000"       /* keel's kafka.batch_messages default */
-#define KB_MMAP_MIN (32 << 20)          /* as sink.c KL_SINK_MMAP_MIN */
-#define KB_TRIM_MIN (64 << 20)          /* as sink.c KL_SINK_TRIM_MIN */
 #define KB_POOL_MIN (1u << 20)          /* value pool bytes, at least */
 #define KB_FILE_MAX (64u << 20)         /* --value-file bytes read, at most */
 #define KB_SIZE_MAX KB_MESSAGE_MAX      /* --size, at most */
@@ -143,43 +141,6 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) 
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
   (void)rk;
   if (level <= 4) fprintf(stderr, "kafka_bench: librdkafka %s: %s\n", fac, buf);
-}
-
-/* keel sets these once per process before its first producer; GLIBC_TUNABLES win. */
-static void malloc_tune(void) {
-#ifdef __GLIBC__
-  const char *t = getenv("GLIBC_TUNABLES");
-  if (t && (strstr(t, "mmap_threshold") || strstr(t, "trim_threshold"))) return;
-  mallopt(M_MMAP_THRESHOLD, KB_MMAP_MIN);
-  mallopt(M_TRIM_THRESHOLD, KB_TRIM_MIN);
-#endif
-}
-
-/*
- * glibc reads tcache_count at start-up only: so, as keel serve does, start again with it in
- * GLIBC_TUNABLES. Returns only when nothing was to be done or the exec failed (then as is).
- */
-static void tcache_reexec(char **argv) {
-#ifdef __GLIBC__
-  static const char want[] = "glibc.malloc.tcache_count=65535";
-  const char *cur = getenv("GLIBC_TUNABLES");
-  char path[4096], *val;
-  if (cur && strstr(cur, "glibc.malloc.tcache_count")) return;
-  ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1); /* keeps the process name */
-  if (n <= 0 || (size_t)n >= sizeof path - 1) return;
-  path[n] = '\0';
-  size_t len = (cur ? strlen(cur) + 1 : 0) + sizeof want;
-  if (!(val = malloc(len))) return;
-  snprintf(val, len, "%s%s%s", cur ? cur : "", cur ? ":" : "", want);
-  char *saved = cur ? strdup(cur) : NULL;
-  if (setenv("GLIBC_TUNABLES", val, 1) == 0) execv(path, argv);
-  if (saved) setenv("GLIBC_TUNABLES", saved, 1);
-  else unsetenv("GLIBC_TUNABLES");
-  free(saved);
-  free(val);
-#else
-  (void)argv;
-#endif
 }
 
 static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value) {
@@ -348,7 +309,7 @@ static int run(const kb_opts *o) {
     fprintf(stderr, "kafka_bench: %s\n", pool ? strerror(errno) : "no values");
     goto out;
   }
-  malloc_tune();
+  kl_sink_malloc_tune(); /* keel's thresholds, as before its first producer */
   if (!(rk = producer_new(o, &st, efd))) goto out;
   if (!(rkt = rd_kafka_topic_new(rk, o->topic, NULL))) {
     fprintf(stderr, "kafka_bench: topic %s\n", o->topic);
@@ -490,6 +451,6 @@ int main(int argc, char **argv) {
     if (bad) return usage(argv[0]);
   }
   if (!o.brokers || !*o.brokers) return usage(argv[0]);
-  tcache_reexec(argv);
+  keel_malloc_tune_reexec(argv); /* the thread cache keel serve runs with */
   return run(&o);
 }

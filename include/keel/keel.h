@@ -258,6 +258,18 @@ KEEL_API int keel_respond_end(keel_req *req, int status, const char *content_typ
 KEEL_API void keel_log(keel_server *srv, keel_log_level level, const char *msg, ...)
     __attribute__((sentinel));
 
+/**
+ * For a program that will run a Kafka sink: executes it again, once, with
+ * glibc.malloc.tcache_count=65535 appended to GLIBC_TUNABLES (same pid, name and argv).
+ * librdkafka makes six small allocations per message and delivery reports free them in
+ * bursts; glibc's default thread cache (7 blocks per size) sends nearly all of them to the
+ * arena's slow path, a third of the sink thread's CPU. glibc reads the setting at start only,
+ * hence the exec. Call it at the top of main(), before any thread or open resource exists.
+ * Returns (doing nothing) when GLIBC_TUNABLES already names tcache_count (the way to opt out),
+ * when the C library is not glibc, or when /proc/self/exe cannot be read or executed.
+ */
+KEEL_API void keel_malloc_tune_reexec(char **argv);
+
 #ifdef __cplusplus
 }
 #endif

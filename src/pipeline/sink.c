@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "keel/keel.h"
 #include "pipeline/otlp.h"
 #include "pipeline/rdk.h"
 #include "pipeline/sink.h"
@@ -956,10 +957,32 @@ static void malloc_tune_once(void) {
 }
 #endif
 
-static void malloc_tune(void) {
+void kl_sink_malloc_tune(void) {
 #ifdef __GLIBC__
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, malloc_tune_once);
+#endif
+}
+
+void keel_malloc_tune_reexec(char **argv) {
+#ifdef __GLIBC__
+  static const char tune[] = "glibc.malloc.tcache_count=65535";
+  const char *env = getenv("GLIBC_TUNABLES");
+  if (env && strstr(env, "glibc.malloc.tcache_count")) return;
+  char old[1024], val[1024 + sizeof tune];
+  if (snprintf(old, sizeof old, "%s", env ? env : "") >= (int)sizeof old) return;
+  snprintf(val, sizeof val, "%s%s%s", old, *old ? ":" : "", tune);
+  char self[4096]; /* the real path, so the new image keeps its name (comm) */
+  ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (len <= 0 || (size_t)len >= sizeof self - 1) return;
+  self[len] = '\0';
+  if (setenv("GLIBC_TUNABLES", val, 1)) return;
+  execv(self, argv);
+  /* Not executable here (no /proc in a chroot, say): carry on with the defaults. */
+  if (env) setenv("GLIBC_TUNABLES", old, 1);
+  else unsetenv("GLIBC_TUNABLES");
+#else
+  (void)argv;
 #endif
 }
 
@@ -996,7 +1019,7 @@ kl_sink *kl_sink_start(const kl_sink_opts *opts, const kl_sink_src *src, char *e
   }
   if (opts->brokers && *opts->brokers) {
     if (kl_rdk_load(err, errlen) != 0) return NULL;
-    malloc_tune();
+    kl_sink_malloc_tune();
   }
   kl_sink *s = calloc(1, sizeof *s);
   if (!s) {

@@ -108,6 +108,12 @@ typedef struct kl_sink_stats {
  */
 kl_sink *kl_sink_start(const kl_sink_opts *opts, const kl_sink_src *src, char *err, size_t errlen);
 
+/**
+ * Fixes glibc's mmap and trim thresholds for librdkafka's per-request buffers (once per
+ * process; GLIBC_TUNABLES that set them win). kl_sink_start calls it before a Kafka producer.
+ */
+void kl_sink_malloc_tune(void);
+
 /** New durable records may be available (any thread; cheap, coalesced). */
 void kl_sink_wake(kl_sink *s);
 

@@ -1,10 +1,8 @@
 /* main.c - the keel binary: parse arguments, load config, add the service routes, serve. */
 #include <errno.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
 
 #include "keel/json.h"
 #include "keel/keel.h"
@@ -88,37 +86,6 @@ static int load_config(keel_config *cfg, const char *file, const char *listen,
   return 0;
 }
 
-/*
- * With a Kafka sink, keel re-executes itself once with a larger glibc thread cache. librdkafka
- * makes six small allocations per message (the message and its three headers) on the sink
- * thread and frees them in bursts when delivery reports arrive; glibc's thread cache keeps
- * only 7 blocks per size, so every other malloc took the arena's slow path, a third of that
- * thread's CPU. tcache_count is read from GLIBC_TUNABLES at process start only, hence the
- * exec. Nothing happens when GLIBC_TUNABLES already sets it (the way to opt out) or when
- * /proc/self/exe cannot be read or executed (keel then runs as it is).
- */
-static void tune_malloc(char **argv) {
-#ifdef __GLIBC__
-  static const char tune[] = "glibc.malloc.tcache_count=65535";
-  const char *env = getenv("GLIBC_TUNABLES");
-  if (env && strstr(env, "glibc.malloc.tcache_count")) return;
-  char old[1024], val[1024 + sizeof tune];
-  if (snprintf(old, sizeof old, "%s", env ? env : "") >= (int)sizeof old) return;
-  snprintf(val, sizeof val, "%s%s%s", old, *old ? ":" : "", tune);
-  char self[4096]; /* the real path, so the new image keeps its name (comm) */
-  ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (len <= 0 || (size_t)len >= sizeof self - 1) return;
-  self[len] = '\0';
-  if (setenv("GLIBC_TUNABLES", val, 1)) return;
-  execv(self, argv);
-  /* Not executable here (no /proc in a chroot, say): carry on with the defaults. */
-  if (env) setenv("GLIBC_TUNABLES", old, 1);
-  else unsetenv("GLIBC_TUNABLES");
-#else
-  (void)argv;
-#endif
-}
-
 int main(int argc, char **argv) {
   const char *cmd = argc > 1 ? argv[1] : "serve";
   const char *file = NULL, *listen = NULL, *workers = NULL;
@@ -165,7 +132,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   if (load_config(&cfg, file, listen, workers)) return 1;
-  if (cfg.pipeline_enabled && cfg.kafka_brokers[0]) tune_malloc(argv);
+  if (cfg.pipeline_enabled && cfg.kafka_brokers[0]) keel_malloc_tune_reexec(argv);
   char err[512];
   keel_server *srv = keel_server_new(&cfg, err, sizeof(err));
   if (!srv) {
